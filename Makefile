@@ -1,0 +1,38 @@
+# weibo-sentiment: `make demo` and `make test` set everything up on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SHARED ?= ../shared
+DEMO := .demo
+
+.PHONY: install demo test lint bench loadtest clean
+
+install: $(STAMP)
+
+# torch is pinned to the CPU build that pip finds on this machine; a looser pin pulls a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "torch==2.13.0"
+	$(BIN)/pip install -q -e ".[serve,onnx,dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/weibo-sentiment init-model --preset tiny --vocab-from-data examples/weibo_sample.csv --output $(DEMO)/base
+	$(BIN)/weibo-sentiment train --data examples/weibo_sample.csv --base-model $(DEMO)/base \
+		--output $(DEMO)/adapter --epochs 30 --lr 2e-3 --validation-split 0.15
+	$(BIN)/weibo-sentiment evaluate --adapter $(DEMO)/adapter --data examples/weibo_sample.csv
+	$(BIN)/weibo-sentiment evaluate --adapter $(DEMO)/adapter --data examples/weibo_sample.csv --strip-emoticons
+	$(BIN)/weibo-sentiment predict --adapter $(DEMO)/adapter \
+		--text "这部电影太好看了，我非常喜欢！[哈哈]" --text "服务态度差，价格又贵，完全不推荐[怒]"
+
+test: $(STAMP)
+	$(BIN)/ruff check weibo_sentiment tests benchmarks train.py predict.py
+	WEIBO_SHARED=$(SHARED) $(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check weibo_sentiment tests benchmarks train.py predict.py
+
+clean:
+	rm -rf $(DEMO) .pytest_cache

@@ -1,0 +1,314 @@
+"""`weibo-sentiment` command line: a thin layer over the library API."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+
+from .errors import UserError
+
+logger = logging.getLogger("weibo_sentiment")
+
+PROMPT = "Please enter Weibo content: "
+BANNER = "============= Weibo Sentiment Analysis (LoRA version) ============="
+
+
+def _quiet_libraries() -> None:
+    # Our own log lines say what happens; transformers' load reports and per-shard bars are noise here.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers|peft")
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+# ---- argument groups shared by several commands ------------------------------------------------------
+def _data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--text-column", default="review", help="column holding the text (default: review)")
+    p.add_argument("--label-column", default="label", help="column holding the label (default: label)")
+    p.add_argument("--encoding", default="utf-8", help="file encoding (default: utf-8, with or without BOM)")
+
+
+def _base_args(p: argparse.ArgumentParser, default: str | None) -> None:
+    p.add_argument("--base-model", default=default,
+                   help="hub id or local model directory" + (f" (default: {default})" if default else
+                                                              " (default: the one in the adapter's run.json)"))
+    p.add_argument("--model-dir", default="models/gpt2-chinese",
+                   help="where a hub model is saved once downloaded (default: models/gpt2-chinese)")
+
+
+def _adapter_args(p: argparse.ArgumentParser, many: bool) -> None:
+    if many:
+        p.add_argument("--adapter", action="append", default=None, metavar="[NAME=]DIR",
+                       help="adapter directory; repeat for several (default: best_weibo_sentiment_lora)")
+        p.add_argument("--use", metavar="NAME", help="adapter to use (default: the first)")
+    else:
+        p.add_argument("--adapter", default="best_weibo_sentiment_lora", metavar="DIR",
+                       help="adapter directory (default: best_weibo_sentiment_lora)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default: 32)")
+
+
+# ---- commands ------------------------------------------------------------------------------------------
+def cmd_init_model(args: argparse.Namespace) -> int:
+    from .modeling import init_model
+
+    init_model(args.output, args.preset, vocab_file=args.vocab, vocab_from_data=args.vocab_from_data,
+               config_file=args.config, seed=args.seed)
+    print(f"Wrote a random-weight {args.preset if not args.config else 'custom'} GPT-2 to {args.output}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .training import TrainConfig, train
+
+    label_names, text_labels = None, False
+    if args.label_names:
+        if args.label_names == ["auto"]:
+            text_labels = True
+        else:
+            label_names = [n for part in args.label_names for n in part.split(",") if n]
+    config = TrainConfig(
+        data=args.data, output=args.output, base_model=args.base_model, model_dir=args.model_dir,
+        validation_data=args.validation_data, validation_split=args.validation_split,
+        text_column=args.text_column, label_column=args.label_column, encoding=args.encoding,
+        label_names=label_names, text_labels=text_labels,
+        lora_r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+        target_modules=args.target_modules, lr=args.lr, batch_size=args.batch_size, epochs=args.epochs,
+        max_steps=args.max_steps, max_length=args.max_length, warmup_ratio=args.warmup_ratio, seed=args.seed,
+        precision=args.precision, save_dtype=args.save_dtype, checkpoint_dir=args.checkpoint_dir,
+        resume=args.resume, keep_checkpoints=args.keep_checkpoints,
+    )
+    result = train(config)
+    best = result.run["best"]
+    print(f"Best validation: accuracy {best['accuracy']:.4f}, macro-F1 {best['macro_f1']:.4f} "
+          f"(epoch {best['epoch']:g}); padding share {result.run['tokens']['padding_share']:.1%}")
+    print(f"Adapter saved to {result.output}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from .data import load_labelled
+    from .evaluation import evaluate
+    from .inference import Predictor
+    from .output import write_json
+
+    predictor = Predictor.from_adapters([args.adapter], base_model=args.base_model, model_dir=args.model_dir,
+                                        device=args.device)
+    info = predictor.adapters[predictor.default]
+    data = load_labelled(args.data, text_column=args.text_column, label_column=args.label_column,
+                         encoding=args.encoding, label_names=info.label_names,
+                         text_labels=bool(info.run.get("text_labels")), deduplicate=False, min_classes=1)
+    report = evaluate(predictor, data, strip=args.strip_emoticons, batch_size=args.batch_size,
+                      progress=sys.stderr.isatty())
+    print(format_report(report))
+    if args.json:
+        write_json(report, args.json)
+        print(f"Metrics written to {args.json}")
+    elif args.print_json:
+        print(json.dumps(report, ensure_ascii=False))
+    return 0
+
+
+def format_report(report: dict) -> str:
+    names = report["label_names"]
+    width = max(10, *(len(n) for n in names))
+    lines = [
+        f"{report['data']}  n={report['n']}" + ("  (emoticons stripped)" if report.get("strip_emoticons") else ""),
+        f"accuracy {report['accuracy']:.4f}   macro-F1 {report['macro_f1']:.4f}",
+        f"{'':{width}}  precision  recall     f1  support",
+    ]
+    for name in names:
+        c = report["per_class"][name]
+        lines.append(f"{name:{width}}  {c['precision']:9.4f} {c['recall']:7.4f} {c['f1']:6.4f} {c['support']:8d}")
+    lines.append("confusion matrix (rows: true, columns: predicted)")
+    for name, row in zip(names, report["confusion_matrix"]):
+        lines.append(f"{name:{width}}  " + " ".join(f"{v:7d}" for v in row))
+    return "\n".join(lines)
+
+
+def describe(label_name: str) -> str:
+    """`positive` → `Positive sentiment`, as the original printed; other label names stay as they are."""
+    if label_name.lower() in ("positive", "negative", "neutral"):
+        return f"{label_name.capitalize()} sentiment"
+    return label_name
+
+
+def result_line(pred) -> str:
+    return f"Prediction: {describe(pred.label_name)} (Confidence: {pred.confidence:.4f})"
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .inference import Predictor
+
+    specs = args.adapter or ["best_weibo_sentiment_lora"]
+    predictor = Predictor.from_adapters(specs, base_model=args.base_model, model_dir=args.model_dir,
+                                        device=args.device)
+    if args.use:
+        predictor.use(args.use)
+    if args.text:
+        for pred in predictor.predict(args.text, batch_size=args.batch_size):
+            print(f"{pred.text}\n{result_line(pred)}")
+        return 0
+    if args.input:
+        return _predict_file(predictor, args)
+    return interactive(predictor)
+
+
+def _predict_file(predictor, args: argparse.Namespace) -> int:
+    from .data import read_texts
+    from .output import write_table
+
+    texts, _ = read_texts(args.input, text_column=args.text_column, encoding=args.encoding)
+    preds = predictor.predict(texts, batch_size=args.batch_size, progress=sys.stderr.isatty())
+    write_table((p.as_row() for p in preds), args.output, args.format)
+    if args.output and str(args.output) != "-":
+        print(f"{len(preds)} predictions written to {args.output}", file=sys.stderr)
+    return 0
+
+
+def interactive(predictor, stdin=None, stdout=None) -> int:
+    """The original's console loop, plus `:adapters` and `:use NAME` to switch adapters."""
+    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
+
+    def say(text: str = "") -> None:
+        print(text, file=stdout, flush=True)
+
+    say(f"Device: {predictor.device}")
+    say(f"LoRA adapter loaded: {predictor.default} (labels: {', '.join(predictor.adapters[predictor.default].label_names)})")
+    say()
+    say(BANNER)
+    say("Enter Weibo content for analysis (enter 'q' to exit; ':adapters' lists adapters, ':use NAME' switches):")
+    while True:
+        say()
+        stdout.write(PROMPT)
+        stdout.flush()
+        try:
+            line = stdin.readline()
+        except KeyboardInterrupt:
+            say()
+            break
+        if not line:  # EOF
+            say()
+            break
+        text = line.strip()
+        if text.lower() in ("q", "quit", "exit"):
+            break
+        if not text:
+            say("Please type a Weibo post to analyse, or 'q' to quit.")
+            continue
+        if text == ":adapters":
+            for name, info in predictor.adapters.items():
+                mark = "*" if name == predictor.default else " "
+                say(f"{mark} {name}: {info.path} (labels: {', '.join(info.label_names)})")
+            continue
+        if text.startswith(":use"):
+            name = text[4:].strip()
+            try:
+                predictor.use(name)
+                say(f"Now using adapter {name!r}.")
+            except UserError as e:
+                say(str(e))
+            continue
+        say(result_line(predictor.predict([text])[0]))
+    say("Bye.")
+    return 0
+
+
+# ---- parser --------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="weibo-sentiment",
+        description="Chinese Weibo sentiment with GPT-2 + LoRA: train, evaluate, predict.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="show library log messages too")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("init-model", help="write a GPT-2 base model with random weights (tests, benchmarks, demo)")
+    p.add_argument("--output", required=True, help="directory to write")
+    p.add_argument("--preset", choices=["tiny", "uer"], default="tiny",
+                   help="tiny: 2 layers, 128 wide; uer: the exact shape of uer/gpt2-chinese-cluecorpussmall")
+    p.add_argument("--config", help="a config.json to take the shape from instead of a preset")
+    vocab = p.add_mutually_exclusive_group(required=True)
+    vocab.add_argument("--vocab", help="vocab.txt to use (e.g. the real model's)")
+    vocab.add_argument("--vocab-from-data", metavar="CSV", help="build a character vocabulary from a CSV's review column")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_init_model)
+
+    p = sub.add_parser("train", help="fine-tune a LoRA adapter")
+    p.add_argument("--data", default="dataset/weibo_senti_100k.csv", help="CSV/TSV with label and text columns")
+    p.add_argument("--validation-data", help="labelled file for validation (default: split off --validation-split)")
+    p.add_argument("--validation-split", type=float, default=0.1, help="share held out for validation (default 0.1)")
+    p.add_argument("--output", default="best_weibo_sentiment_lora", help="adapter directory to write")
+    _base_args(p, "uer/gpt2-chinese-cluecorpussmall")
+    _data_args(p)
+    p.add_argument("--label-names", nargs="+", metavar="NAME",
+                   help="names of labels 0..N-1 (default for 2 labels: negative positive); "
+                        "'auto' when the label column holds text: the sorted distinct values become the labels")
+    p.add_argument("--lora-r", type=int, default=8)
+    p.add_argument("--lora-alpha", type=int, default=32)
+    p.add_argument("--lora-dropout", type=float, default=0.1)
+    p.add_argument("--target-modules", nargs="+", default=["c_attn", "c_proj"])
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--epochs", type=float, default=3)
+    p.add_argument("--max-steps", type=int, default=-1, help="stop after this many steps (default: all epochs)")
+    p.add_argument("--max-length", type=int, default=128, help="tokens per text, longer ones are truncated")
+    p.add_argument("--warmup-ratio", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="auto: bf16 (or fp16) on a CUDA GPU, fp32 on the CPU")
+    p.add_argument("--save-dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                   help="dtype of the saved adapter weights")
+    p.add_argument("--checkpoint-dir", help="where epoch checkpoints go (default: OUTPUT.checkpoints)")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--keep-checkpoints", action="store_true", help="keep checkpoints after a successful run")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="accuracy, macro-F1, per-class scores and confusion matrix on a labelled file")
+    _adapter_args(p, many=False)
+    p.add_argument("--data", required=True, help="labelled CSV/TSV")
+    p.add_argument("--json", help="also write the metrics to this JSON file")
+    p.add_argument("--print-json", action="store_true", help="print the metrics as one JSON line too")
+    p.add_argument("--strip-emoticons", action="store_true",
+                   help="remove Weibo emoticons such as [哈哈] before predicting (the corpus labels come from them)")
+    _base_args(p, None)
+    _data_args(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="predict texts: interactive, --text, or --input FILE")
+    _adapter_args(p, many=True)
+    p.add_argument("--text", action="append", help="a text to classify; repeat for several")
+    p.add_argument("--input", help="CSV/TSV (text column), .txt (one text per line) or - for stdin")
+    p.add_argument("--output", help=".csv or .jsonl to write (default: JSON lines on stdout)")
+    p.add_argument("--format", choices=["csv", "jsonl"], help="output format (default: from --output's suffix)")
+    _base_args(p, None)
+    _data_args(p)
+    p.set_defaults(func=cmd_predict)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    if not args.verbose:
+        _quiet_libraries()
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,253 @@
+"""Prediction with one base model and any number of LoRA adapters, each with its own classifier head.
+
+Texts are sorted by length and padded per batch, so a batch costs what its texts cost; results come
+back in input order.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from peft import PeftModel
+from safetensors import safe_open
+from tqdm.auto import tqdm
+
+from .adapter_io import WEIGHTS_FILE, base_fingerprint, read_run
+from .errors import UserError
+from .modeling import DEFAULT_MODEL_DIR, load_classifier, load_tokenizer, resolve_base_model
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Prediction:
+    text: str
+    label: int
+    label_name: str
+    confidence: float
+    probabilities: dict[str, float]
+    adapter: str | None = None
+
+    def as_row(self) -> dict:
+        row = {"text": self.text, "label": self.label, "label_name": self.label_name,
+               "confidence": round(self.confidence, 6)}
+        row.update({f"prob_{name}": round(p, 6) for name, p in self.probabilities.items()})
+        return row
+
+
+@dataclass
+class AdapterInfo:
+    name: str
+    path: Path
+    run: dict = field(repr=False)
+
+    @property
+    def label_names(self) -> list[str]:
+        return list(self.run["label_names"])
+
+    @property
+    def max_length(self) -> int:
+        return int(self.run.get("max_length", 128))
+
+
+def parse_adapter_specs(specs: Iterable[str | Path]) -> dict[str, Path]:
+    """`NAME=DIR` or a bare `DIR` (named after its folder) → {name: dir}, in the given order."""
+    adapters: dict[str, Path] = {}
+    for spec in specs:
+        spec = str(spec)
+        name, sep, path = spec.partition("=")
+        if not sep:
+            name, path = Path(spec.rstrip("/")).name, spec
+        if not name:
+            raise UserError(f"--adapter {spec!r}: the adapter name is empty")
+        if name in adapters:
+            raise UserError(f"--adapter {spec!r}: the name {name!r} is given twice")
+        adapters[name] = Path(path)
+    return adapters
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _base_dir_from_run(run: dict, model_dir: str | Path) -> Path:
+    recorded = run.get("base_model_dir")
+    if recorded and Path(recorded, "config.json").is_file():
+        return Path(recorded)
+    return resolve_base_model(run["base_model"], model_dir)
+
+
+def _head_rows(path: Path) -> int:
+    """The number of labels of the classifier head stored in an adapter's weights."""
+    with safe_open(str(path / WEIGHTS_FILE), framework="pt") as f:
+        for key in f.keys():
+            if key.endswith("score.weight"):
+                return f.get_slice(key).get_shape()[0]
+    raise UserError(f"{path}: the adapter has no classifier head (score.weight)")
+
+
+class Predictor:
+    """A base model with named LoRA adapters; thread-safe, so a server may share one."""
+
+    def __init__(self, base_dir: Path, device: torch.device | str | None = None, base_model: str | None = None):
+        self.base_dir = Path(base_dir)
+        self.base_model = base_model or str(base_dir)
+        self.device = torch.device(device) if device is not None else default_device()
+        self.tokenizer = load_tokenizer(self.base_dir)
+        self.fingerprint = base_fingerprint(self.base_dir)
+        self.adapters: dict[str, AdapterInfo] = {}
+        self.default: str | None = None
+        self.model: PeftModel | None = None
+        self._lock = threading.RLock()
+
+    # ---- construction -------------------------------------------------------------------------------
+    @classmethod
+    def from_adapters(
+        cls,
+        adapters: Mapping[str, str | Path] | Sequence[str | Path],
+        *,
+        base_model: str | Path | None = None,
+        model_dir: str | Path = DEFAULT_MODEL_DIR,
+        device: torch.device | str | None = None,
+    ) -> Predictor:
+        """Load adapters (`{name: dir}` or a list of `NAME=DIR`/`DIR`) onto their base model.
+
+        The base comes from the first adapter's `run.json` unless `base_model` is given.
+        """
+        specs = dict(adapters) if isinstance(adapters, Mapping) else parse_adapter_specs(adapters)
+        if not specs:
+            raise UserError("no adapter given: pass --adapter DIR")
+        first = read_run(next(iter(specs.values())))
+        if base_model is not None:
+            base_dir, base_name = resolve_base_model(base_model, model_dir), str(base_model)
+        else:
+            base_dir, base_name = _base_dir_from_run(first, model_dir), first["base_model"]
+        predictor = cls(base_dir, device=device, base_model=base_name)
+        for name, path in specs.items():
+            predictor.add_adapter(name, path, check_base=base_model is None)
+        return predictor
+
+    def _check(self, name: str, path: Path, check_base: bool) -> AdapterInfo:
+        run = read_run(path)
+        if check_base and run.get("base_fingerprint") not in (None, self.fingerprint):
+            raise UserError(
+                f"adapter {name!r} ({path}) was trained on base model {run.get('base_model')!r}, "
+                f"not on the loaded base {self.base_model!r}; adapters on one base must share it"
+            )
+        rows = _head_rows(path)
+        if rows != len(run["label_names"]):
+            raise UserError(f"{path}: run.json names {len(run['label_names'])} labels but the head has {rows}")
+        return AdapterInfo(name=name, path=path, run=run)
+
+    def add_adapter(self, name: str, path: str | Path, check_base: bool = True) -> AdapterInfo:
+        """Load an adapter; an existing name is replaced in place (hot swap) without touching the base."""
+        path = Path(path)
+        info = self._check(name, path, check_base)
+        with self._lock:
+            if self.model is None:
+                base = load_classifier(self.base_dir, info.label_names, self.tokenizer)
+                self.model = PeftModel.from_pretrained(base, str(path), adapter_name=name)
+                self.model.to(self.device).eval()
+            elif name in self.adapters:
+                staging = f"{name}__incoming"
+                self._load(staging, info)
+                self.model.delete_adapter(name)
+                self._load(name, info)
+                self.model.delete_adapter(staging)
+            else:
+                self._load(name, info)
+            self.adapters[name] = info
+            self.default = self.default or name
+            self.model.set_adapter(self.default)
+        logger.info("adapter %r loaded from %s (labels: %s)", name, path, ", ".join(info.label_names))
+        return info
+
+    def _load(self, name: str, info: AdapterInfo) -> None:
+        # PEFT copies the base's `score` for a new adapter; a task with another label count needs a head of
+        # its own shape, which PEFT then fills from the adapter's weights instead of copying.
+        wrapper = self.model.base_model.model.score
+        hidden = wrapper.original_module.in_features
+        if len(info.label_names) != wrapper.original_module.out_features:
+            head = torch.nn.Linear(hidden, len(info.label_names), bias=False)
+            wrapper.modules_to_save[name] = head.to(self.device)
+        self.model.load_adapter(str(info.path), adapter_name=name, is_trainable=False)
+        self.model.to(self.device)
+
+    def remove_adapter(self, name: str) -> None:
+        with self._lock:
+            self._require(name)
+            if len(self.adapters) == 1:
+                raise UserError(f"cannot remove {name!r}: it is the only adapter loaded")
+            self.model.delete_adapter(name)
+            del self.adapters[name]
+            if self.default == name:
+                self.default = next(iter(self.adapters))
+            self.model.set_adapter(self.default)
+
+    def use(self, name: str) -> None:
+        """Make `name` the adapter used when none is named."""
+        with self._lock:
+            self._require(name)
+            self.default = name
+            self.model.set_adapter(name)
+
+    def _require(self, name: str) -> AdapterInfo:
+        if name not in self.adapters:
+            raise UserError(f"unknown adapter {name!r} (loaded: {', '.join(self.adapters)})")
+        return self.adapters[name]
+
+    # ---- prediction ---------------------------------------------------------------------------------
+    def predict_proba(self, texts: Sequence[str], adapter: str | None = None, batch_size: int = 32,
+                      progress: bool = False) -> np.ndarray:
+        """Class probabilities, shape (len(texts), number of labels of `adapter`), in input order."""
+        name = adapter or self.default
+        info = self._require(name)
+        return self._run(texts, [name] * len(texts), info.max_length, batch_size, len(info.label_names), progress)
+
+    def predict(self, texts: Sequence[str], adapter: str | None = None, batch_size: int = 32,
+                progress: bool = False) -> list[Prediction]:
+        name = adapter or self.default
+        probs = self.predict_proba(texts, name, batch_size, progress)
+        return self._to_predictions(texts, probs, self.adapters[name])
+
+    def _to_predictions(self, texts: Sequence[str], probs: np.ndarray, info: AdapterInfo) -> list[Prediction]:
+        names = info.label_names
+        out = []
+        for text, p in zip(texts, probs):
+            k = int(p.argmax())
+            out.append(Prediction(text=text, label=k, label_name=names[k], confidence=float(p[k]),
+                                  probabilities={n: float(v) for n, v in zip(names, p)}, adapter=info.name))
+        return out
+
+    @torch.inference_mode()
+    def _run(self, texts: Sequence[str], adapter_names: list[str], max_length: int, batch_size: int,
+             num_labels: int, progress: bool = False) -> np.ndarray:
+        for i, text in enumerate(texts):
+            if not isinstance(text, str) or not text.strip():
+                raise UserError(f"text {i + 1} is empty")
+        ids = self.tokenizer(list(texts), truncation=True, max_length=max_length,
+                             return_attention_mask=False)["input_ids"]
+        order = np.argsort([len(x) for x in ids], kind="stable")
+        probs = np.zeros((len(texts), num_labels), dtype=np.float32)
+        with self._lock:
+            single = len(set(adapter_names)) == 1
+            if single:
+                self.model.set_adapter(adapter_names[0])
+            starts = range(0, len(order), batch_size)
+            for start in tqdm(starts, desc="predict", unit="batch", disable=not progress, leave=False):
+                rows = order[start:start + batch_size]
+                batch = self.tokenizer.pad({"input_ids": [ids[i] for i in rows]}, return_tensors="pt")
+                batch = {k: v.to(self.device) for k, v in batch.items()}
+                if not single:
+                    batch["adapter_names"] = [adapter_names[i] for i in rows]
+                logits = self.model(**batch).logits
+                probs[rows] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+            if single and self.default:
+                self.model.set_adapter(self.default)
+        return probs

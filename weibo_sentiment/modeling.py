@@ -1,0 +1,266 @@
+"""Base models: build random ones (`init-model`), fetch the real one once, load a classifier.
+
+The real base is `uer/gpt2-chinese-cluecorpussmall`: GPT-2 weights with a BERT character tokenizer.
+Its config sets no pad/bos/eos ids, so transformers would fall back to 50256 (outside the 21,128-entry
+vocabulary); we set them from the tokenizer so last-token pooling finds `[SEP]` under right padding.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import torch
+from transformers import BertTokenizer, GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
+
+from .data import DEFAULT_TEXT_COLUMN, read_table
+from .errors import UserError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BASE_MODEL = "uer/gpt2-chinese-cluecorpussmall"
+DEFAULT_MODEL_DIR = Path("models/gpt2-chinese")
+SOURCE_FILE = "weibo_sentiment_source.json"
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+# The exact shape of uer/gpt2-chinese-cluecorpussmall's config.json.
+UER_CONFIG = {
+    "activation_function": "gelu_new",
+    "architectures": ["GPT2LMHeadModel"],
+    "attn_pdrop": 0.1,
+    "embd_pdrop": 0.1,
+    "initializer_range": 0.02,
+    "layer_norm_epsilon": 1e-05,
+    "model_type": "gpt2",
+    "n_ctx": 1024,
+    "n_embd": 768,
+    "n_head": 12,
+    "n_inner": None,
+    "n_layer": 12,
+    "n_positions": 1024,
+    "resid_pdrop": 0.1,
+    "tokenizer_class": "BertTokenizer",
+    "vocab_size": 21128,
+}
+TINY_CONFIG = {**UER_CONFIG, "n_embd": 128, "n_head": 4, "n_layer": 2, "n_positions": 512, "n_ctx": 512}
+PRESETS = {"uer": UER_CONFIG, "tiny": TINY_CONFIG}
+
+
+def _atomic_dir(target: Path) -> Path:
+    """A fresh temporary directory beside `target`, to be renamed onto it with `replace_dir`."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result should be an ordinary directory
+    return tmp
+
+
+def replace_dir(tmp: Path, target: Path) -> None:
+    """Move a completed directory onto `target`; an existing `target` is replaced, never half-written."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+    os.replace(tmp, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def build_vocab_from_data(path: str | Path, text_column: str = DEFAULT_TEXT_COLUMN, encoding: str = "utf-8",
+                          max_size: int | None = None) -> list[str]:
+    """A character vocabulary (special tokens first, then characters by frequency) from a CSV/TSV."""
+    header, rows, _ = read_table(path, encoding)
+    if text_column not in header:
+        raise UserError(f"{path}: line 1: no column {text_column!r} to build a vocabulary from")
+    index = header.index(text_column)
+    tokenizer = _basic_tokenizer()
+    counts: Counter[str] = Counter()
+    for _, fields in rows:
+        if len(fields) > index:
+            counts.update(tokenizer.tokenize(fields[index]))
+    chars = [c for c, _ in counts.most_common(max_size) if c not in SPECIAL_TOKENS]
+    return SPECIAL_TOKENS[:1] + [f"[unused{i}]" for i in range(1, 100)] + SPECIAL_TOKENS[1:] + chars
+
+
+def _basic_tokenizer():
+    # The same pre-tokenization as BertTokenizer (Chinese characters split, lower-case off), no vocabulary.
+    from transformers.models.bert.tokenization_bert_legacy import BasicTokenizer
+
+    return BasicTokenizer(do_lower_case=False, tokenize_chinese_chars=True)
+
+
+def init_model(
+    output: str | Path,
+    preset: str = "tiny",
+    *,
+    vocab_file: str | Path | None = None,
+    vocab_from_data: str | Path | None = None,
+    config_file: str | Path | None = None,
+    seed: int = 0,
+) -> Path:
+    """Write a GPT-2 with random weights, its config and a BERT tokenizer, in Hugging Face format."""
+    output = Path(output)
+    if config_file is not None:
+        try:
+            shape = json.loads(Path(config_file).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise UserError(f"{config_file}: cannot read a JSON config: {e}") from None
+    elif preset in PRESETS:
+        shape = dict(PRESETS[preset])
+    else:
+        raise UserError(f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
+
+    if vocab_file is not None:
+        if not Path(vocab_file).is_file():
+            raise UserError(f"{vocab_file}: no such vocabulary file")
+        # split("\n"), not splitlines(): vocab.txt holds tokens such as U+2028 that splitlines() breaks on.
+        vocab = Path(vocab_file).read_text(encoding="utf-8").rstrip("\n").split("\n")
+    elif vocab_from_data is not None:
+        vocab = build_vocab_from_data(vocab_from_data)
+    else:
+        raise UserError("init-model needs a vocabulary: pass --vocab FILE (e.g. a vocab.txt) or --vocab-from-data CSV")
+    missing = [t for t in SPECIAL_TOKENS if t not in vocab]
+    if missing:
+        raise UserError(f"the vocabulary lacks the special tokens {', '.join(missing)}")
+
+    tmp = _atomic_dir(output)
+    try:
+        (tmp / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+        tokenizer = BertTokenizer(vocab=str(tmp / "vocab.txt"), do_lower_case=False)
+        tokenizer.model_max_length = shape.get("n_positions", 1024)
+        tokenizer.save_pretrained(tmp)
+        shape.update(vocab_size=len(vocab), **_special_ids(tokenizer))
+        config = GPT2Config(**{k: v for k, v in shape.items() if k != "architectures"})
+        config.architectures = ["GPT2LMHeadModel"]
+        torch.manual_seed(seed)
+        model = GPT2LMHeadModel(config)
+        model.save_pretrained(tmp, safe_serialization=True)
+        replace_dir(tmp, output)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    n = sum(p.numel() for p in model.transformer.parameters())
+    logger.info("wrote a random %s GPT-2 (%.1fM parameters, vocabulary %d) to %s", preset, n / 1e6, len(vocab), output)
+    return output
+
+
+def _is_model_dir(path: Path) -> bool:
+    return (path / "config.json").is_file()
+
+
+def resolve_base_model(base_model: str | Path = DEFAULT_BASE_MODEL, model_dir: str | Path = DEFAULT_MODEL_DIR) -> Path:
+    """A local directory holding the base model: `base_model` itself, or a hub id downloaded once into `model_dir`."""
+    local = Path(base_model)
+    if local.exists():
+        if not _is_model_dir(local):
+            raise UserError(f"{local}: not a model directory (no config.json)")
+        return local
+    base_model = str(base_model)
+    if base_model.startswith((".", "/", "~")) or os.sep + os.sep in base_model or base_model.count("/") > 1:
+        raise UserError(f"{base_model}: no such model directory")
+
+    model_dir = Path(model_dir)
+    source = model_dir / SOURCE_FILE
+    if _is_model_dir(model_dir):
+        recorded = json.loads(source.read_text()).get("base_model") if source.is_file() else None
+        if recorded in (None, base_model):
+            return model_dir
+        raise UserError(
+            f"{model_dir} holds {recorded}, not {base_model}; pass another --model-dir for this base model"
+        )
+    return download_base_model(base_model, model_dir)
+
+
+def _hub_unreachable() -> str | None:
+    """Why the model hub cannot be used, or None. Checked first: the hub client retries for minutes."""
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=5).close()
+    except OSError as e:
+        return f"cannot connect to {host}: {e.strerror or e}"
+    return None
+
+
+def download_base_model(hub_id: str, model_dir: Path) -> Path:
+    """Download `hub_id` (model + tokenizer) once and save it under `model_dir`."""
+    reason = _hub_unreachable()
+    if reason:
+        raise UserError(
+            f"base model {hub_id!r} is not in {model_dir} and cannot be downloaded ({reason}); "
+            "pass --base-model DIR with a local model directory (e.g. one written by "
+            "`weibo-sentiment init-model`)"
+        )
+    logger.info("downloading %s into %s (once)", hub_id, model_dir)
+    tmp = _atomic_dir(model_dir)
+    try:
+        try:
+            tokenizer = BertTokenizer.from_pretrained(hub_id)
+            model = GPT2LMHeadModel.from_pretrained(hub_id)
+        except OSError as e:
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise UserError(
+                f"base model {hub_id!r} is not in {model_dir} and could not be downloaded ({reason[:160]}); "
+                "pass --base-model DIR with a local model directory (e.g. one written by "
+                "`weibo-sentiment init-model`)"
+            ) from None
+        tokenizer.save_pretrained(tmp)
+        model.save_pretrained(tmp, safe_serialization=True)
+        (tmp / SOURCE_FILE).write_text(json.dumps({"base_model": hub_id}) + "\n")
+        replace_dir(tmp, model_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return model_dir
+
+
+def _special_ids(tokenizer: BertTokenizer) -> dict[str, int]:
+    return {
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.cls_token_id,
+        "eos_token_id": tokenizer.sep_token_id,
+    }
+
+
+def load_tokenizer(model_dir: str | Path) -> BertTokenizer:
+    tokenizer = BertTokenizer.from_pretrained(str(model_dir))
+    # GPT-2 would add token_type_ids to the input through its word embedding; BERT's all-zero segment
+    # ids must never reach it (nor reach a plain `pipeline` over a merged model).
+    tokenizer.model_input_names = ["input_ids", "attention_mask"]
+    return tokenizer
+
+
+def load_classifier(
+    base_dir: str | Path,
+    label_names: list[str],
+    tokenizer: BertTokenizer | None = None,
+    dtype: torch.dtype = torch.float32,
+    attn_implementation: str | None = None,
+) -> GPT2ForSequenceClassification:
+    """GPT-2 with a fresh `score` head for `label_names`, special token ids set from the tokenizer."""
+    tokenizer = tokenizer or load_tokenizer(base_dir)
+    # Patch the dict before building the config: the uer config's implicit 50256 ids would warn.
+    config_dict, _ = GPT2Config.get_config_dict(str(base_dir))
+    config_dict.update(
+        num_labels=len(label_names),
+        id2label=dict(enumerate(label_names)),
+        label2id={name: i for i, name in enumerate(label_names)},
+        **_special_ids(tokenizer),
+    )
+    config = GPT2Config.from_dict(config_dict)
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    model = GPT2ForSequenceClassification.from_pretrained(str(base_dir), config=config, dtype=dtype, **kwargs)
+    # The tokenizer and the config must agree on where padding is, or pooling reads the wrong token.
+    assert tokenizer.padding_side == "right"
+    return model

@@ -1,0 +1,287 @@
+"""LoRA fine-tuning with the Hugging Face Trainer: per-batch padding, length-grouped batches, best-by-F1."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from peft import LoraConfig, TaskType, get_peft_model
+from sklearn.metrics import accuracy_score, f1_score
+from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from .adapter_io import SAVE_DTYPES, base_fingerprint, cast_weights, package_versions, write_run
+from .data import DEFAULT_LABEL_COLUMN, DEFAULT_TEXT_COLUMN, LabelledData, load_labelled, stratified_split
+from .errors import UserError
+from .modeling import DEFAULT_BASE_MODEL, DEFAULT_MODEL_DIR, _atomic_dir, load_classifier, load_tokenizer, \
+    replace_dir, resolve_base_model
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; the defaults are the original recipe's."""
+
+    data: str = "dataset/weibo_senti_100k.csv"
+    output: str = "best_weibo_sentiment_lora"
+    base_model: str = DEFAULT_BASE_MODEL
+    model_dir: str = str(DEFAULT_MODEL_DIR)
+    validation_data: str | None = None
+    validation_split: float = 0.1
+    text_column: str = DEFAULT_TEXT_COLUMN
+    label_column: str = DEFAULT_LABEL_COLUMN
+    encoding: str = "utf-8"
+    label_names: list[str] | None = None
+    text_labels: bool = False
+    lora_r: int = 8
+    lora_alpha: int = 32
+    lora_dropout: float = 0.1
+    target_modules: list[str] = field(default_factory=lambda: ["c_attn", "c_proj"])
+    lr: float = 5e-4
+    batch_size: int = 16
+    eval_batch_size: int = 64
+    epochs: float = 3.0
+    max_steps: int = -1
+    max_length: int = 128
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    seed: int = 42
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    save_dtype: str = "float32"
+    checkpoint_dir: str | None = None
+    resume: bool = False
+    keep_checkpoints: bool = False
+    logging_steps: int = 50
+
+    def checkpoints(self) -> Path:
+        out = Path(self.output.rstrip("/"))
+        return Path(self.checkpoint_dir) if self.checkpoint_dir else out.with_name(out.name + ".checkpoints")
+
+
+@dataclass
+class TrainResult:
+    output: Path
+    run: dict
+
+
+class PaddedBatches:
+    """`DataCollatorWithPadding` that also counts real and padded tokens, to show what padding costs."""
+
+    def __init__(self, tokenizer, pad_to_multiple_of: int | None = None):
+        self.collate = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_to_multiple_of)
+        self.real_tokens = 0
+        self.padded_tokens = 0
+
+    def __call__(self, features: list[dict]) -> dict:
+        batch = self.collate(features)
+        self.real_tokens += int(batch["attention_mask"].sum())
+        self.padded_tokens += int(batch["input_ids"].numel())
+        return batch
+
+    def padding_share(self) -> float:
+        return 1 - self.real_tokens / self.padded_tokens if self.padded_tokens else 0.0
+
+
+def encode(tokenizer, texts: list[str], labels: list[int] | None, max_length: int) -> list[dict]:
+    """Token ids without padding (padding happens per batch), truncated to `max_length`."""
+    ids = tokenizer(texts, truncation=True, max_length=max_length, return_attention_mask=False)["input_ids"]
+    if labels is None:
+        return [{"input_ids": x} for x in ids]
+    return [{"input_ids": x, "labels": y} for x, y in zip(ids, labels)]
+
+
+def classification_metrics(eval_pred) -> dict[str, float]:
+    logits, labels = eval_pred
+    predicted = np.argmax(logits, axis=-1)
+    return {
+        "accuracy": float(accuracy_score(labels, predicted)),
+        "macro_f1": float(f1_score(labels, predicted, average="macro")),
+    }
+
+
+def lora_config(config: TrainConfig) -> LoraConfig:
+    # SEQ_CLS makes PEFT train and save the `score` head with the adapter (modules_to_save).
+    return LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=list(config.target_modules),
+        fan_in_fan_out=True,  # GPT-2 uses Conv1D, whose weight is (in, out)
+    )
+
+
+def _precision(choice: str) -> dict:
+    if choice == "auto":
+        if torch.cuda.is_available():
+            choice = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            choice = "fp32"
+    if choice not in ("fp32", "bf16", "fp16"):
+        raise UserError(f"unknown precision {choice!r} (choose from auto, fp32, bf16, fp16)")
+    if choice != "fp32" and not torch.cuda.is_available():
+        raise UserError(f"--precision {choice} needs a CUDA GPU; use fp32 on the CPU")
+    return {"bf16": choice == "bf16", "fp16": choice == "fp16"}
+
+
+def load_training_data(config: TrainConfig) -> tuple[LabelledData, tuple, tuple, dict]:
+    """Validate every input file, then split; nothing here touches a model."""
+    options = dict(text_column=config.text_column, label_column=config.label_column, encoding=config.encoding)
+    data = load_labelled(config.data, label_names=config.label_names, text_labels=config.text_labels, **options)
+    if config.validation_data:
+        val = load_labelled(config.validation_data, label_names=data.label_names, text_labels=config.text_labels,
+                            min_classes=1, **options)
+        train_split, val_split = (data.texts, data.labels), (val.texts, val.labels)
+        files = {"train": data.summary(), "validation": val.summary()}
+    else:
+        train_split, val_split = stratified_split(data, config.validation_split, config.seed)
+        files = {"train": data.summary()}
+    return data, train_split, val_split, files
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Fine-tune a LoRA adapter and write the best one (by validation macro-F1) to `config.output`."""
+    if config.save_dtype not in SAVE_DTYPES:
+        raise UserError(f"unknown --save-dtype {config.save_dtype!r} (choose from {', '.join(SAVE_DTYPES)})")
+    precision = _precision(config.precision)
+    data, (train_texts, train_labels), (val_texts, val_labels), files = load_training_data(config)
+    checkpoints = config.checkpoints()
+    has_checkpoint = checkpoints.is_dir() and get_last_checkpoint(str(checkpoints)) is not None
+    if config.resume and not has_checkpoint:
+        raise UserError(f"--resume: no checkpoint in {checkpoints} to resume from")
+    if has_checkpoint and not config.resume:
+        logger.warning("%s holds checkpoints of an earlier run; starting afresh (pass --resume to continue it)",
+                       checkpoints)
+        shutil.rmtree(checkpoints)
+
+    base_dir = resolve_base_model(config.base_model, config.model_dir)
+    tokenizer = load_tokenizer(base_dir)
+    n_positions = _n_positions(base_dir)
+    if config.max_length > n_positions:
+        raise UserError(f"--max-length {config.max_length} exceeds the base model's {n_positions} positions")
+    train_set = encode(tokenizer, train_texts, train_labels, config.max_length)
+    val_set = encode(tokenizer, val_texts, val_labels, config.max_length)
+
+    set_seed(config.seed)
+    model = load_classifier(base_dir, data.label_names, tokenizer)
+    model = get_peft_model(model, lora_config(config))
+    model.print_trainable_parameters()
+    trainable, total = model.get_nb_trainable_parameters()
+
+    collator = PaddedBatches(tokenizer, pad_to_multiple_of=8 if torch.cuda.is_available() else None)
+    args = TrainingArguments(
+        output_dir=str(checkpoints),
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.eval_batch_size,
+        learning_rate=config.lr,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        warmup_steps=config.warmup_ratio,
+        lr_scheduler_type="linear",
+        weight_decay=config.weight_decay,
+        train_sampling_strategy="group_by_length",
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        save_total_limit=2,
+        load_best_model_at_end=True,
+        metric_for_best_model="macro_f1",
+        greater_is_better=True,
+        logging_strategy="steps",
+        logging_steps=config.logging_steps,
+        report_to="none",
+        seed=config.seed,
+        data_seed=config.seed,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        optim="adamw_torch_fused" if torch.cuda.is_available() else "adamw_torch",
+        **precision,
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_set,
+        eval_dataset=val_set,
+        data_collator=collator,
+        processing_class=tokenizer,
+        compute_metrics=classification_metrics,
+    )
+    try:
+        trainer.train(resume_from_checkpoint=True if config.resume else None)
+    except KeyboardInterrupt:
+        raise UserError(f"interrupted; checkpoints are in {checkpoints}, continue with --resume") from None
+
+    epochs = [
+        {"epoch": e["epoch"], "loss": e.get("eval_loss"), "accuracy": e["eval_accuracy"], "macro_f1": e["eval_macro_f1"]}
+        for e in trainer.state.log_history if "eval_macro_f1" in e
+    ]
+    if not epochs:  # max_steps ended training before the first epoch's evaluation
+        final = trainer.evaluate()
+        epochs = [{"epoch": final["epoch"], "loss": final["eval_loss"], "accuracy": final["eval_accuracy"],
+                   "macro_f1": final["eval_macro_f1"]}]
+    best = max(epochs, key=lambda e: e["macro_f1"])
+
+    run = {
+        "base_model": _portable_base(config.base_model, base_dir),
+        "base_model_dir": str(base_dir.resolve()),
+        "base_fingerprint": base_fingerprint(base_dir),
+        "label_names": data.label_names,
+        "text_labels": config.text_labels,
+        "max_length": config.max_length,
+        "lora": {"r": config.lora_r, "alpha": config.lora_alpha, "dropout": config.lora_dropout,
+                 "target_modules": list(config.target_modules)},
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "training": {k: v for k, v in asdict(config).items()
+                     if k in ("lr", "batch_size", "epochs", "max_steps", "warmup_ratio", "weight_decay", "seed",
+                              "validation_split", "save_dtype")},
+        "precision": "bf16" if precision["bf16"] else "fp16" if precision["fp16"] else "fp32",
+        "data": files,
+        "rows": {"train": len(train_texts), "validation": len(val_texts)},
+        "epochs": epochs,
+        "best": best,
+        "tokens": {"real": collator.real_tokens, "processed": collator.padded_tokens,
+                   "padding_share": round(collator.padding_share(), 4)},
+        "versions": package_versions(),
+    }
+    output = save_adapter(model, tokenizer, run, config.output, config.save_dtype)
+    if not config.keep_checkpoints:
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    logger.info("best validation macro-F1 %.4f (epoch %s); adapter written to %s",
+                best["macro_f1"], best["epoch"], output)
+    return TrainResult(output=output, run=run)
+
+
+def save_adapter(model, tokenizer, run: dict, output: str | Path, save_dtype: str = "float32",
+                 adapter_name: str = "default") -> Path:
+    """Write adapter + tokenizer + run.json to a temporary directory, then rename it onto `output`."""
+    output = Path(str(output).rstrip("/"))
+    tmp = _atomic_dir(output)
+    try:
+        model.save_pretrained(str(tmp), selected_adapters=[adapter_name])
+        if adapter_name != "default":  # PEFT writes non-default adapters into a sub-folder
+            for f in (tmp / adapter_name).iterdir():
+                f.rename(tmp / f.name)
+            (tmp / adapter_name).rmdir()
+        cast_weights(tmp, save_dtype)
+        tokenizer.save_pretrained(str(tmp))
+        write_run(tmp, {**run, "save_dtype": save_dtype})
+        replace_dir(tmp, output)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return output
+
+
+def _n_positions(base_dir: Path) -> int:
+    import json
+
+    return json.loads((base_dir / "config.json").read_text()).get("n_positions", 1024)
+
+
+def _portable_base(base_model: str, base_dir: Path) -> str:
+    """A hub id stays a hub id; a local directory is recorded as an absolute path."""
+    return str(Path(base_model).resolve()) if Path(base_model).exists() else str(base_model)
