@@ -21,15 +21,19 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/weibo-sentiment init-model --preset tiny --vocab-from-data examples/weibo_sample.csv --output $(DEMO)/base
 	$(BIN)/weibo-sentiment train --data examples/weibo_sample.csv --base-model $(DEMO)/base \
-		--output $(DEMO)/adapter --epochs 30 --lr 2e-3 --validation-split 0.15
-	$(BIN)/weibo-sentiment evaluate --adapter $(DEMO)/adapter --data examples/weibo_sample.csv
-	$(BIN)/weibo-sentiment evaluate --adapter $(DEMO)/adapter --data examples/weibo_sample.csv --strip-emoticons
+		--output $(DEMO)/adapter --epochs 20 --lr 2e-3 --validation-split 0.15
+	$(BIN)/weibo-sentiment evaluate --adapter $(DEMO)/adapter --data examples/weibo_sample_heldout.csv
+	$(BIN)/weibo-sentiment evaluate --adapter $(DEMO)/adapter --data examples/weibo_sample_heldout.csv --strip-emoticons
 	$(BIN)/weibo-sentiment predict --adapter $(DEMO)/adapter \
 		--text "这部电影太好看了，我非常喜欢！[哈哈]" --text "服务态度差，价格又贵，完全不推荐[怒]"
 
 test: $(STAMP)
 	$(BIN)/ruff check weibo_sentiment tests benchmarks train.py predict.py
 	WEIBO_SHARED=$(SHARED) $(BIN)/pytest
+
+# 2,000 requests at 32 concurrency to a loopback server with two adapters, one hot-swapped midway.
+loadtest: $(STAMP)
+	$(BIN)/python benchmarks/loadtest.py --requests 2000 --concurrency 32
 
 lint: $(STAMP)
 	$(BIN)/ruff check weibo_sentiment tests benchmarks train.py predict.py

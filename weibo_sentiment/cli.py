@@ -145,11 +145,10 @@ def result_line(pred) -> str:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .inference import Predictor
+    from .export import load_predictor
 
-    specs = args.adapter or ["best_weibo_sentiment_lora"]
-    predictor = Predictor.from_adapters(specs, base_model=args.base_model, model_dir=args.model_dir,
-                                        device=args.device)
+    predictor = load_predictor(args.adapter, backend=args.backend, model=args.model,
+                               base_model=args.base_model, model_dir=args.model_dir, device=args.device)
     if args.use:
         predictor.use(args.use)
     if args.text:
@@ -161,13 +160,31 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return interactive(predictor)
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_onnx
+
+    out = export_onnx(args.adapter, args.output, int8=args.int8, base_model=args.base_model,
+                      model_dir=args.model_dir)
+    print(f"ONNX export ({'int8' if args.int8 else 'fp32'}) written to {out}; "
+          f"predict with `weibo-sentiment predict --model {out}`")
+    return 0
+
+
 def _predict_file(predictor, args: argparse.Namespace) -> int:
     from .data import read_texts
     from .output import write_table
 
-    texts, _ = read_texts(args.input, text_column=args.text_column, encoding=args.encoding)
-    preds = predictor.predict(texts, batch_size=args.batch_size, progress=sys.stderr.isatty())
-    write_table((p.as_row() for p in preds), args.output, args.format)
+    texts, extras = read_texts(args.input, text_column=args.text_column, encoding=args.encoding,
+                               extra_columns=("adapter",))
+    if "adapter" in extras:  # route each row to the adapter its `adapter` cell names (blank: --use's)
+        preds = predictor.predict_routed(texts, extras["adapter"], batch_size=args.batch_size,
+                                         progress=sys.stderr.isatty())
+        rows = [{"adapter": p.adapter, **p.as_row()} for p in preds]
+        columns = list(dict.fromkeys(k for row in rows for k in row))  # adapters may have other label sets
+        write_table(({k: row.get(k) for k in columns} for row in rows), args.output, args.format)
+    else:
+        preds = predictor.predict(texts, batch_size=args.batch_size, progress=sys.stderr.isatty())
+        write_table((p.as_row() for p in preds), args.output, args.format)
     if args.output and str(args.output) != "-":
         print(f"{len(preds)} predictions written to {args.output}", file=sys.stderr)
     return 0
@@ -218,6 +235,45 @@ def interactive(predictor, stdin=None, stdout=None) -> int:
             continue
         say(result_line(predictor.predict([text])[0]))
     say("Bye.")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serving import serve
+
+    return serve(args.adapter, host=args.host, port=args.port, backend=args.backend, model=args.model,
+                 use=args.use, base_model=args.base_model, model_dir=args.model_dir, device=args.device,
+                 api_key=args.api_key, adapter_root=args.adapter_root,
+                 max_texts=args.max_texts, max_chars=args.max_chars, max_body_bytes=args.max_body_bytes,
+                 batch_wait_ms=args.batch_wait_ms, batch_size=args.batch_size, allowed_hosts=args.allow_host,
+                 threads=args.threads)
+
+
+def cmd_combine(args: argparse.Namespace) -> int:
+    from .adapters import combine
+
+    out = combine(args.adapter, args.output, weights=args.weights, method=args.method, density=args.density,
+                  svd_rank=args.svd_rank, save_dtype=args.save_dtype, seed=args.seed,
+                  base_model=args.base_model, model_dir=args.model_dir)
+    print(f"Combined adapter ({args.method}) saved to {out}")
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from .adapters import merge
+
+    out = merge(args.adapter, args.output, base_model=args.base_model, model_dir=args.model_dir)
+    print(f"Standalone model (adapter merged into its base) saved to {out}")
+    return 0
+
+
+def cmd_adapters_info(args: argparse.Namespace) -> int:
+    import json
+
+    from .adapters import format_info, info
+
+    details = info(args.dir)
+    print(json.dumps(details, ensure_ascii=False, indent=2) if args.json else format_info(details))
     return 0
 
 
@@ -288,9 +344,84 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", help="CSV/TSV (text column), .txt (one text per line) or - for stdin")
     p.add_argument("--output", help=".csv or .jsonl to write (default: JSON lines on stdout)")
     p.add_argument("--format", choices=["csv", "jsonl"], help="output format (default: from --output's suffix)")
+    p.add_argument("--backend", default="torch", choices=["torch", "onnx", "onnx-int8"],
+                   help="torch (default), or ONNX Runtime on the CPU with the adapter merged into its base: "
+                        "onnx (fp32) or onnx-int8 (fastest); with --adapter the export is made for this run")
+    p.add_argument("--model", metavar="EXPORTED_DIR",
+                   help="a directory written by `weibo-sentiment export` (instead of --adapter)")
     _base_args(p, None)
     _data_args(p)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export",
+                       help="export an adapter merged into its base for ONNX Runtime (fast CPU inference)")
+    p.add_argument("--adapter", default="best_weibo_sentiment_lora", metavar="DIR",
+                   help="adapter directory (default: best_weibo_sentiment_lora)")
+    p.add_argument("--format", default="onnx", choices=["onnx"], help="export format (default: onnx)")
+    p.add_argument("--int8", action="store_true",
+                   help="quantize the weights to int8 (dynamic quantization): ~4x smaller, faster on the CPU")
+    p.add_argument("--output", required=True,
+                   help="directory to write: model.onnx, tokenizer, export.json (label names, max length)")
+    _base_args(p, None)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("combine", help="combine adapters of one task (same labels) into a new adapter")
+    p.add_argument("--adapter", action="append", required=True, metavar="[NAME=]DIR",
+                   help="adapter directory; repeat for each adapter to combine")
+    p.add_argument("--weights", type=float, nargs="+", help="one weight per adapter (default: 1/N each)")
+    p.add_argument("--method", default="cat", choices=["linear", "cat", "ties", "dare_ties", "svd"],
+                   help="PEFT combination: cat (exact weighted sum, rank = sum of ranks; default), svd (the "
+                        "same sum cut back to --svd-rank), linear (rough, same ranks), ties / dare_ties "
+                        "(prune to --density, resolve sign conflicts)")
+    p.add_argument("--density", type=float, default=0.5,
+                   help="share of weights kept by ties/dare_ties (default 0.5)")
+    p.add_argument("--svd-rank", type=int, help="rank of the svd result (default: the largest input rank)")
+    p.add_argument("--seed", type=int, default=0, help="seed for dare_ties' random pruning (default 0)")
+    p.add_argument("--output", required=True, help="adapter directory to write")
+    p.add_argument("--save-dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                   help="dtype of the saved adapter weights")
+    _base_args(p, None)
+    p.set_defaults(func=cmd_combine)
+
+    p = sub.add_parser("merge", help="merge an adapter into its base: a standalone Hugging Face model")
+    p.add_argument("--adapter", required=True, metavar="DIR", help="adapter directory")
+    p.add_argument("--output", required=True,
+                   help="model directory to write (loads in a plain transformers pipeline)")
+    _base_args(p, None)
+    p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("adapters", help="inspect adapter directories")
+    adapters_sub = p.add_subparsers(dest="adapters_command", required=True, metavar="ACTION")
+    q = adapters_sub.add_parser("info", help="an adapter's base, labels, LoRA settings, size, best metrics")
+    q.add_argument("dir", help="adapter directory")
+    q.add_argument("--json", action="store_true", help="print the details as JSON")
+    q.set_defaults(func=cmd_adapters_info)
+
+    p = sub.add_parser("serve", help="HTTP API and web page for one base with many adapters (micro-batched)")
+    _adapter_args(p, many=True)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="interface to listen on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 picks a free one)")
+    p.add_argument("--backend", default="torch", choices=["torch", "onnx", "onnx-int8"],
+                   help="torch (default; many adapters, hot swap) or ONNX Runtime on the CPU with one adapter "
+                        "merged into its base: onnx (fp32) or onnx-int8")
+    p.add_argument("--model", metavar="EXPORTED_DIR",
+                   help="serve a directory written by `weibo-sentiment export` (instead of --adapter)")
+    p.add_argument("--api-key", default=None,
+                   help="require this key on every request (default: $WEIBO_SENTIMENT_API_KEY, else none)")
+    p.add_argument("--adapter-root", metavar="DIR",
+                   help="let POST/DELETE /v1/adapters load and unload adapters under DIR (default: off)")
+    p.add_argument("--max-texts", type=int, default=256, help="texts per request (default: 256)")
+    p.add_argument("--max-chars", type=int, default=2000, help="characters per text (default: 2000)")
+    p.add_argument("--max-body-bytes", type=int, default=None,
+                   help="request body size (default: enough for --max-texts texts of --max-chars characters)")
+    p.add_argument("--batch-wait-ms", type=float, default=5.0,
+                   help="how long a request waits for others to share its batch (default: 5)")
+    p.add_argument("--threads", type=int, help="CPU threads for the model (default: all cores but one)")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="extra Host header name to accept when listening on loopback (e.g. behind a proxy)")
+    _base_args(p, None)
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

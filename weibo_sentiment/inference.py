@@ -93,7 +93,12 @@ def _head_rows(path: Path) -> int:
 
 
 class Predictor:
-    """A base model with named LoRA adapters; thread-safe, so a server may share one."""
+    """A base model with named LoRA adapters; thread-safe, so a server may share one.
+
+    While only one adapter is loaded, its LoRA weights are merged into the base for prediction (set
+    `merge_single = False` to keep them apart): a forward pass then costs what the plain model costs.
+    Loading, removing or switching adapters unmerges first, so other adapters always see the pure base.
+    """
 
     def __init__(self, base_dir: Path, device: torch.device | str | None = None, base_model: str | None = None):
         self.base_dir = Path(base_dir)
@@ -105,6 +110,8 @@ class Predictor:
         self.default: str | None = None
         self.model: PeftModel | None = None
         self._lock = threading.RLock()
+        self.merge_single = True
+        self._merged: str | None = None
 
     # ---- construction -------------------------------------------------------------------------------
     @classmethod
@@ -134,6 +141,11 @@ class Predictor:
         return predictor
 
     def _check(self, name: str, path: Path, check_base: bool) -> AdapterInfo:
+        # PEFT keeps adapters in torch ModuleDicts: a name with a dot, or one such as `half` or `to` that is
+        # a module attribute, cannot be a key there.
+        if "." in name or hasattr(torch.nn.ModuleDict, name):
+            raise UserError(f"adapter name {name!r} cannot be used (a dot, or a PyTorch module attribute); "
+                            f"name it with --adapter NAME={path}")
         run = read_run(path)
         if check_base and run.get("base_fingerprint") not in (None, self.fingerprint):
             raise UserError(
@@ -150,6 +162,7 @@ class Predictor:
         path = Path(path)
         info = self._check(name, path, check_base)
         with self._lock:
+            self._unmerge()
             if self.model is None:
                 base = load_classifier(self.base_dir, info.label_names, self.tokenizer)
                 self.model = PeftModel.from_pretrained(base, str(path), adapter_name=name)
@@ -182,6 +195,7 @@ class Predictor:
     def remove_adapter(self, name: str) -> None:
         with self._lock:
             self._require(name)
+            self._unmerge()
             if len(self.adapters) == 1:
                 raise UserError(f"cannot remove {name!r}: it is the only adapter loaded")
             self.model.delete_adapter(name)
@@ -194,8 +208,24 @@ class Predictor:
         """Make `name` the adapter used when none is named."""
         with self._lock:
             self._require(name)
+            self._unmerge()
             self.default = name
             self.model.set_adapter(name)
+
+    def _unmerge(self) -> None:
+        if self._merged is not None:
+            self.model.unmerge_adapter()
+            self._merged = None
+
+    def _select(self, name: str) -> None:
+        """Activate `name` for a forward pass, merged into the base when it is the only adapter loaded."""
+        if self._merged == name:
+            return  # PEFT's set_adapter would unmerge it again
+        self._unmerge()
+        self.model.set_adapter(name)
+        if self.merge_single and len(self.adapters) == 1:
+            self.model.merge_adapter([name])
+            self._merged = name
 
     def _require(self, name: str) -> AdapterInfo:
         if name not in self.adapters:
@@ -215,6 +245,33 @@ class Predictor:
         name = adapter or self.default
         probs = self.predict_proba(texts, name, batch_size, progress)
         return self._to_predictions(texts, probs, self.adapters[name])
+
+    def predict_routed(self, texts: Sequence[str], adapters: Sequence[str | None], batch_size: int = 32,
+                       progress: bool = False) -> list[Prediction]:
+        """Answer each text with its own adapter (None or '' → the default one), in input order.
+
+        Rows whose adapters have heads of one shape (and one max length) share forward passes: PEFT's
+        `adapter_names` mixed batch routes every row through its own LoRA weights and head. Other rows
+        are grouped apart, since one forward pass cannot return logits of different widths.
+        """
+        if len(adapters) != len(texts):
+            raise UserError(f"{len(texts)} texts but {len(adapters)} adapter names; give one per text")
+        with self._lock:
+            names = [a or self.default for a in adapters]
+            groups: dict[tuple[int, int], list[int]] = {}
+            for i, name in enumerate(names):
+                if name not in self.adapters:
+                    loaded = ", ".join(self.adapters)
+                    raise UserError(f"row {i + 1}: unknown adapter {name!r} (loaded: {loaded})")
+                info = self.adapters[name]
+                groups.setdefault((len(info.label_names), info.max_length), []).append(i)
+            out: list[Prediction | None] = [None] * len(texts)
+            for (num_labels, max_length), rows in groups.items():
+                probs = self._run([texts[i] for i in rows], [names[i] for i in rows], max_length, batch_size,
+                                  num_labels, progress)
+                for i, p in zip(rows, probs, strict=True):
+                    out[i] = self._to_predictions([texts[i]], p[None], self.adapters[names[i]])[0]
+        return out
 
     def _to_predictions(self, texts: Sequence[str], probs: np.ndarray, info: AdapterInfo) -> list[Prediction]:
         names = info.label_names
@@ -238,7 +295,7 @@ class Predictor:
         with self._lock:
             single = len(set(adapter_names)) == 1
             if single:
-                self.model.set_adapter(adapter_names[0])
+                self._select(adapter_names[0])
             starts = range(0, len(order), batch_size)
             for start in tqdm(starts, desc="predict", unit="batch", disable=not progress, leave=False):
                 rows = order[start:start + batch_size]
@@ -249,5 +306,5 @@ class Predictor:
                 logits = self.model(**batch).logits
                 probs[rows] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
             if single and self.default:
-                self.model.set_adapter(self.default)
+                self._select(self.default)
         return probs

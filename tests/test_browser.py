@@ -1,0 +1,164 @@
+"""The web page in real headless Chromium, driven over the DevTools protocol: type, click, read results."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from weibo_sentiment.inference import Predictor
+from weibo_sentiment.serving import create_app, running
+
+from .test_serve import flipped_copy
+
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--disable-dev-shm-usage", "--window-size=900,800", "--remote-debugging-address=127.0.0.1",
+         "--remote-debugging-port=0"]
+POSTS = ["这部电影太好看了，我非常喜欢！[哈哈]", "服务态度差，价格又贵，完全不推荐[怒]"]
+
+
+def chromium() -> str:
+    for name in ("chromium", "chromium-browser"):
+        if path := shutil.which(name):
+            return path
+    pytest.fail("Chromium is missing: this test needs Debian's chromium (apt-get install -y chromium; "
+                ".ci/run installs it)", pytrace=False)
+
+
+class Page:
+    """One Chromium tab over the Chrome DevTools Protocol."""
+
+    def __init__(self, profile: Path):
+        import websocket
+
+        self.proc = subprocess.Popen([chromium(), *FLAGS, f"--user-data-dir={profile}", "about:blank"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        port_file = profile / "DevToolsActivePort"
+        self._wait(lambda: port_file.is_file() and port_file.read_text().strip(), "Chromium to start", 60)
+        port = int(port_file.read_text().split()[0])
+        targets = httpx.get(f"http://127.0.0.1:{port}/json/list").json()
+        url = next(t["webSocketDebuggerUrl"] for t in targets if t["type"] == "page")
+        self.ws = websocket.create_connection(url, timeout=60, suppress_origin=True)
+        self.next_id = 0
+
+    def close(self) -> None:
+        self.ws.close()
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def send(self, method: str, **params) -> dict:
+        self.next_id += 1
+        self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
+        while True:  # events arrive interleaved with answers
+            message = json.loads(self.ws.recv())
+            if message.get("id") == self.next_id:
+                if "error" in message:
+                    raise AssertionError(f"{method}: {message['error']}")
+                return message["result"]
+
+    def eval(self, expression: str):
+        result = self.send("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
+        if "exceptionDetails" in result:
+            raise AssertionError(f"{expression}: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    def wait_for(self, expression: str, what: str, timeout: float = 60):
+        return self._wait(lambda: self.eval(expression), what, timeout)
+
+    @staticmethod
+    def _wait(condition, what: str, timeout: float):
+        deadline = time.monotonic() + timeout
+        while not (value := condition()):
+            if time.monotonic() > deadline:
+                pytest.fail(f"gave up waiting for {what}")
+            time.sleep(0.05)
+        return value
+
+    def click(self, selector: str) -> None:
+        """A real mouse click in the middle of the element."""
+        box = self.eval(f"(() => {{ const r = document.querySelector({selector!r}).getBoundingClientRect();"
+                        f" return [r.x + r.width / 2, r.y + r.height / 2]; }})()")
+        for kind in ("mousePressed", "mouseReleased"):
+            self.send("Input.dispatchMouseEvent", type=kind, x=box[0], y=box[1], button="left", clickCount=1)
+
+    def type_into(self, selector: str, text: str) -> None:
+        self.eval(f"const box = document.querySelector({selector!r}); box.value = ''; box.focus()")
+        self.send("Input.insertText", text=text)
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory):
+    tab = Page(tmp_path_factory.mktemp("chromium-profile"))
+    yield tab
+    tab.close()
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory, sample_adapter):
+    flipped = flipped_copy(sample_adapter, tmp_path_factory.mktemp("browser") / "flipped")
+    predictor = Predictor.from_adapters({"sample": sample_adapter, "flipped": flipped}, device="cpu")
+    with running(create_app(predictor, max_chars=100)) as url:
+        yield url
+
+
+def rendered(page: Page) -> list[dict]:
+    return page.eval("""[...document.querySelectorAll('#results .result')].map(r => ({
+        text: r.querySelector('.text').textContent, label: r.querySelector('.badge').textContent,
+        confidence: r.querySelector('.conf').textContent, width: r.querySelector('.fill').style.width}))""")
+
+
+def expected_rows(url: str, adapter: str) -> list[dict]:
+    names = {"positive": "积极 Positive", "negative": "消极 Negative"}
+    reply = httpx.post(f"{url}/v1/predict", json={"texts": POSTS, "adapter": adapter}).json()
+    return [{"text": text, "label": names[p["label_name"]], "confidence": f"{100 * p['confidence']:.1f}%",
+             "width": f"{100 * p['confidence']:.1f}%"}
+            for text, p in zip(POSTS, reply["predictions"], strict=True)]
+
+
+def test_type_posts_submit_and_read_results(page, site, tmp_path):
+    page.send("Page.navigate", url=site + "/")
+    page.wait_for("document.querySelectorAll('#adapter option').length === 2", "the adapter list")
+    options = page.eval("[...document.querySelectorAll('#adapter option')].map(o => o.value)")
+    assert options == ["sample", "flipped"]
+    assert page.eval("document.getElementById('adapter').value") == "sample"
+
+    page.type_into("#texts", "\n".join(POSTS) + "\n\n")  # blank lines are skipped
+    page.click("#submit")
+    page.wait_for("document.querySelectorAll('#results .result').length === 2", "the results")
+    first = rendered(page)
+    assert first == expected_rows(site, "sample")
+
+    shot = page.send("Page.captureScreenshot", format="png")["data"]
+    (tmp_path / "page.png").write_bytes(base64.b64decode(shot))
+    assert (tmp_path / "page.png").read_bytes().startswith(b"\x89PNG")
+
+    # Another adapter from the selector: its head is flipped, so every label flips.
+    page.eval("const s = document.getElementById('adapter'); s.value = 'flipped';"
+              " s.dispatchEvent(new Event('change'))")
+    page.eval("document.getElementById('results').replaceChildren()")
+    page.click("#submit")
+    page.wait_for("document.querySelectorAll('#results .result').length === 2", "the flipped results")
+    second = rendered(page)
+    assert second == expected_rows(site, "flipped")
+    assert [r["label"] for r in second] != [r["label"] for r in first]
+
+
+def test_server_errors_are_shown_on_the_page(page, site):
+    page.send("Page.navigate", url=site + "/")
+    page.wait_for("document.querySelectorAll('#adapter option').length === 2", "the adapter list")
+    page.type_into("#texts", "好" * 101)
+    page.click("#submit")
+    message = page.wait_for("document.getElementById('error').textContent", "the error message")
+    assert message == "出错了 / Error: texts[0] has 101 characters; the limit is 100"
+    assert page.eval("document.querySelectorAll('#results .result').length") == 0

@@ -1,0 +1,280 @@
+"""Adapter management beyond one task: combine adapters (PEFT `add_weighted_adapter`), merge one into its base
+(`merge_and_unload`) as a standalone Hugging Face model, and describe an adapter directory (`adapters info`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from .adapter_io import RUN_FILE, SAVE_DTYPES, WEIGHTS_FILE, package_versions, read_run
+from .errors import UserError
+from .inference import Predictor, parse_adapter_specs
+from .modeling import DEFAULT_MODEL_DIR, _atomic_dir, replace_dir
+from .training import save_adapter
+
+logger = logging.getLogger(__name__)
+
+COMBINE_METHODS = ("linear", "cat", "ties", "dare_ties", "svd")
+# Methods that add the adapters' A and B matrices element-wise, so every adapter must have the same rank.
+SAME_RANK_METHODS = ("linear", "ties", "dare_ties")
+COMBINED = "__combined__"
+MERGE_FILE = "weibo_sentiment_merge.json"
+# GPT-2 has no segment embedding: given token_type_ids it adds their word embeddings to every position, so a
+# merged model's tokenizer must not produce them (BERT's tokenizer does by default).
+MODEL_INPUT_NAMES = ["input_ids", "attention_mask"]
+
+
+def _specs(adapters: Mapping[str, str | Path] | Sequence[str | Path]) -> dict[str, Path]:
+    if isinstance(adapters, Mapping):
+        return {name: Path(path) for name, path in adapters.items()}
+    return parse_adapter_specs(adapters)
+
+
+# ---- combine ---------------------------------------------------------------------------------------------
+def combine(
+    adapters: Mapping[str, str | Path] | Sequence[str | Path],
+    output: str | Path,
+    *,
+    weights: Sequence[float] | None = None,
+    method: str = "cat",
+    density: float = 0.5,
+    svd_rank: int | None = None,
+    save_dtype: str = "float32",
+    seed: int = 0,
+    base_model: str | Path | None = None,
+    model_dir: str | Path = DEFAULT_MODEL_DIR,
+) -> Path:
+    """Combine adapters of one task into a new adapter directory.
+
+    The LoRA updates are combined by PEFT's `add_weighted_adapter` (`method`: linear, cat, ties, dare_ties,
+    svd); the classifier heads, which PEFT leaves alone, become the weighted sum of the heads with the same
+    `weights` (default: 1/N each). Adapters must share the base model and the label names.
+    """
+    specs = _specs(adapters)
+    if len(specs) < 2:
+        raise UserError("combine needs at least two adapters (--adapter NAME=DIR, repeated)")
+    if COMBINED in specs:
+        raise UserError(f"the adapter name {COMBINED!r} is reserved; pick another")
+    if method not in COMBINE_METHODS:
+        raise UserError(f"unknown combination method {method!r} (choose from {', '.join(COMBINE_METHODS)})")
+    if save_dtype not in SAVE_DTYPES:
+        raise UserError(f"unknown save dtype {save_dtype!r} (choose from {', '.join(SAVE_DTYPES)})")
+    names = list(specs)
+    if weights is None:
+        weights = [1 / len(names)] * len(names)
+    weights = [float(w) for w in weights]
+    if len(weights) != len(names):
+        raise UserError(f"--weights: {len(weights)} weight(s) for {len(names)} adapters; "
+                        "give one per adapter")
+    if method in ("ties", "dare_ties") and not 0 < density <= 1:
+        raise UserError(f"--density must be in (0, 1], got {density}")
+
+    runs = {name: read_run(path) for name, path in specs.items()}
+    first = names[0]
+    for name in names[1:]:
+        if runs[name]["label_names"] != runs[first]["label_names"]:
+            mine, theirs = ", ".join(runs[first]["label_names"]), ", ".join(runs[name]["label_names"])
+            raise UserError(
+                f"cannot combine adapters with different label sets: {first!r} has ({mine}) but {name!r} has "
+                f"({theirs}); their classifier heads do not match"
+            )
+        if runs[name].get("base_fingerprint") != runs[first].get("base_fingerprint"):
+            raise UserError(
+                f"cannot combine adapters trained on different base models: {first!r} on "
+                f"{runs[first].get('base_model')!r}, {name!r} on {runs[name].get('base_model')!r}"
+            )
+    ranks = {name: _lora_config(path)["r"] for name, path in specs.items()}
+    if method in SAME_RANK_METHODS and len(set(ranks.values())) > 1:
+        shown = ", ".join(f"{n}: r={r}" for n, r in ranks.items())
+        raise UserError(f"--method {method} needs adapters of the same LoRA rank ({shown}); use cat or svd")
+
+    predictor = Predictor.from_adapters(specs, base_model=base_model, model_dir=model_dir, device="cpu")
+    model = predictor.model
+    wrapper = model.base_model.model.score
+    heads = [wrapper.modules_to_save[name].weight.detach().clone() for name in names]
+    # PEFT refuses to combine adapters that each save the same module (our `score` head) and would not
+    # combine the heads anyway: keep one head (the active one), drop the others, combine the heads ourselves.
+    for name in names[1:]:
+        wrapper.delete_adapter(name, new_active_adapters=[first])
+
+    options: dict = {}
+    if method in ("ties", "dare_ties"):
+        options["density"] = density
+    if method == "svd":
+        options.update(svd_rank=svd_rank, svd_full_matrices=False)
+    torch.manual_seed(seed)  # dare_ties drops weights at random
+    with torch.no_grad():
+        model.add_weighted_adapter(names, weights, COMBINED, combination_type=method, **options)
+        if COMBINED not in wrapper.modules_to_save:
+            wrapper.update(COMBINED)
+        head = sum(w * h for w, h in zip(weights, heads, strict=True))
+        wrapper.modules_to_save[COMBINED].weight.copy_(head)
+    model.set_adapter(COMBINED)
+
+    config = model.peft_config[COMBINED]
+    lora_params, head_params = _count(model, COMBINED)
+    base = runs[first]
+    run = {
+        "base_model": base["base_model"],
+        "base_model_dir": base.get("base_model_dir"),
+        "base_fingerprint": base.get("base_fingerprint"),
+        "label_names": list(base["label_names"]),
+        "text_labels": bool(base.get("text_labels")),
+        "max_length": max(int(r.get("max_length", 128)) for r in runs.values()),
+        "lora": {"r": config.r, "alpha": config.lora_alpha, "dropout": config.lora_dropout,
+                 "target_modules": sorted(config.target_modules)},
+        "trainable_parameters": lora_params + head_params,
+        "combination": {
+            "method": method,
+            "adapters": [{"name": n, "path": str(specs[n].resolve()), "weight": w, "r": ranks[n],
+                          "best": runs[n].get("best")} for n, w in zip(names, weights, strict=True)],
+            **({"density": density} if "density" in options else {}),
+            **({"svd_rank": config.r} if method == "svd" else {}),
+            "seed": seed,
+            "head": "weighted sum of the adapters' classifier heads with the same weights "
+                    "(the label sets are identical)",
+        },
+        "versions": package_versions(),
+    }
+    out = save_adapter(model, predictor.tokenizer, run, output, save_dtype, adapter_name=COMBINED)
+    logger.info("combined %s (%s, weights %s) into %s", ", ".join(names), method,
+                ", ".join(f"{w:g}" for w in weights), out)
+    return out
+
+
+def _count(model, adapter_name: str) -> tuple[int, int]:
+    """Parameters of one adapter: (LoRA matrices, classifier head)."""
+    lora = head = 0
+    for key, param in model.named_parameters():
+        if f".{adapter_name}." not in key and not key.endswith(f".{adapter_name}"):
+            continue
+        if "lora_" in key:
+            lora += param.numel()
+        elif "modules_to_save" in key:
+            head += param.numel()
+    return lora, head
+
+
+# ---- merge -----------------------------------------------------------------------------------------------
+def merge(
+    adapter: str | Path,
+    output: str | Path,
+    *,
+    base_model: str | Path | None = None,
+    model_dir: str | Path = DEFAULT_MODEL_DIR,
+) -> Path:
+    """Merge an adapter into its base and write a standalone model directory (safetensors, config with
+    `id2label`, tokenizer) that plain `transformers` loads without PEFT."""
+    adapter = Path(adapter)
+    predictor = Predictor.from_adapters({"adapter": adapter}, base_model=base_model, model_dir=model_dir,
+                                        device="cpu")
+    info = predictor.adapters["adapter"]
+    model = predictor.model.merge_and_unload()
+    model.config.id2label = dict(enumerate(info.label_names))
+    model.config.label2id = {name: i for i, name in enumerate(info.label_names)}
+    output = Path(str(output).rstrip("/"))
+    tmp = _atomic_dir(output)
+    try:
+        model.save_pretrained(str(tmp))
+        predictor.tokenizer.save_pretrained(str(tmp))
+        # `model_input_names` set on a loaded tokenizer is not saved; as an init argument it is.
+        tokenizer_config = tmp / "tokenizer_config.json"
+        settings = json.loads(tokenizer_config.read_text(encoding="utf-8"))
+        settings["model_input_names"] = MODEL_INPUT_NAMES
+        tokenizer_config.write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n",
+                                    encoding="utf-8")
+        provenance = {"adapter": str(adapter.resolve()), "base_model": info.run["base_model"],
+                      "base_fingerprint": info.run.get("base_fingerprint"), "label_names": info.label_names,
+                      "max_length": info.max_length, "versions": package_versions()}
+        (tmp / MERGE_FILE).write_text(json.dumps(provenance, indent=2, ensure_ascii=False) + "\n",
+                                      encoding="utf-8")
+        replace_dir(tmp, output)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("merged %s into its base; standalone model written to %s", adapter, output)
+    return output
+
+
+# ---- info ------------------------------------------------------------------------------------------------
+def _lora_config(path: Path) -> dict:
+    try:
+        return json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path / 'adapter_config.json'}: cannot read the adapter config ({e})") from None
+
+
+def info(path: str | Path) -> dict:
+    """An adapter directory's base, labels, LoRA settings, parameter counts, file size and best metrics."""
+    path = Path(path)
+    run = read_run(path)
+    config = _lora_config(path)
+    weights = path / WEIGHTS_FILE
+    lora = head = 0
+    dtypes: set[str] = set()
+    with safe_open(str(weights), framework="pt") as f:
+        for key in f.keys():
+            tensor = f.get_slice(key)
+            n = 1
+            for d in tensor.get_shape():
+                n *= d
+            dtypes.add(tensor.get_dtype())
+            if "lora_" in key:
+                lora += n
+            else:
+                head += n
+    return {
+        "path": str(path),
+        "base_model": run.get("base_model"),
+        "base_fingerprint": run.get("base_fingerprint"),
+        "label_names": list(run["label_names"]),
+        "text_labels": bool(run.get("text_labels")),
+        "max_length": run.get("max_length"),
+        "lora": {"r": config.get("r"), "alpha": config.get("lora_alpha"),
+                 "dropout": config.get("lora_dropout"),
+                 "target_modules": sorted(config.get("target_modules") or [])},
+        "parameters": {"lora": lora, "head": head, "total": lora + head},
+        "file_bytes": weights.stat().st_size,
+        "weights_dtype": ", ".join(sorted(dtypes)),
+        "best": run.get("best"),
+        "combination": run.get("combination"),
+        "run_file": str(path / RUN_FILE),
+    }
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.2f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
+
+
+def format_info(details: dict) -> str:
+    lora = details["lora"]
+    params = details["parameters"]
+    lines = [
+        f"adapter     {details['path']}",
+        f"base model  {details['base_model']} (fingerprint {details['base_fingerprint']})",
+        f"labels      {len(details['label_names'])}: {', '.join(details['label_names'])}"
+        + ("  (text labels)" if details["text_labels"] else ""),
+        f"LoRA        r={lora['r']}, alpha={lora['alpha']}, dropout={lora['dropout']}, "
+        f"targets {', '.join(lora['target_modules'])}",
+        f"parameters  {params['total']:,} trainable ({params['lora']:,} LoRA + {params['head']:,} head)",
+        f"file size   {_size(details['file_bytes'])} ({WEIGHTS_FILE}, {details['weights_dtype']})",
+        f"max length  {details['max_length']} tokens",
+    ]
+    best = details.get("best")
+    if best:
+        lines.append(f"best        accuracy {best['accuracy']:.4f}, macro-F1 {best['macro_f1']:.4f} "
+                     f"(validation, epoch {best['epoch']:g})")
+    else:
+        lines.append("best        no validation metrics in run.json")
+    combination = details.get("combination")
+    if combination:
+        parts = ", ".join(f"{a['name']} ×{a['weight']:g}" for a in combination["adapters"])
+        lines.append(f"combined    {combination['method']} of {parts}; head: weighted sum")
+    return "\n".join(lines)
