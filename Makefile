@@ -31,6 +31,11 @@ test: $(STAMP)
 	$(BIN)/ruff check weibo_sentiment tests benchmarks train.py predict.py
 	WEIBO_SHARED=$(SHARED) $(BIN)/pytest
 
+# Ours vs the original recipe (training, inference, ONNX Runtime fp32/int8) on the uer-shaped model and real
+# Weibo rows, <= 15 min on 2 cores: writes benchmarks/results/summary.json and summary.md.
+bench: $(STAMP)
+	WEIBO_SHARED=$(SHARED) $(BIN)/python benchmarks/bench.py
+
 # 2,000 requests at 32 concurrency to a loopback server with two adapters, one hot-swapped midway.
 loadtest: $(STAMP)
 	$(BIN)/python benchmarks/loadtest.py --requests 2000 --concurrency 32

@@ -5,7 +5,7 @@ and in time, and the server is stopped at the end. Steps:
 
 1. build a tiny base (vocabulary from the shipped sample) and three adapters: `a`, `b` and `b`'s
    replacement `b_v2`, each trained briefly with its own seed, all under one adapter root;
-2. start `weibo-sentiment serve --adapter a=... --adapter b=... --adapter-root ROOT --port 0`;
+2. start `weibo-sentiment serve --adapter alpha=... --adapter beta=... --adapter-root ROOT --port 0`;
 3. take the single-request answer of every text from the server for `a`, `b` and `b_v2` (loaded for that
    under a probe name, then removed);
 4. send N requests (1-8 random texts, adapter a, b or the default) at C concurrency; when half are done,
@@ -75,7 +75,7 @@ class Server:
     def __init__(self, root: Path, log: Path, extra: list[str]):
         self.log = log
         command = [sys.executable, "-m", "weibo_sentiment", "serve", "--host", HOST, "--port", "0",
-                   "--adapter", f"a={root / 'a'}", "--adapter", f"b={root / 'b_v1'}",
+                   "--adapter", f"alpha={root / 'a'}", "--adapter", f"beta={root / 'b_v1'}",
                    "--adapter-root", str(root), *extra]
         self.proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log.open("w"),
                                      env={**os.environ, "WEIBO_SENTIMENT_API_KEY": ""})
@@ -126,7 +126,7 @@ def references(client: httpx.Client, texts: list[str], adapter: str) -> dict[str
 
 async def load(url: str, texts: list[str], n: int, concurrency: int, seed: int) -> dict:
     rng = random.Random(seed)
-    plan = [(rng.sample(texts, rng.randint(1, 8)), rng.choice(["a", "b", "b", None])) for _ in range(n)]
+    plan = [(rng.sample(texts, rng.randint(1, 8)), rng.choice(["alpha", "beta", "beta", None])) for _ in range(n)]
     results: list[dict | None] = [None] * n
     swap: dict = {}
     health: list[float] = []
@@ -137,7 +137,7 @@ async def load(url: str, texts: list[str], n: int, concurrency: int, seed: int) 
 
         async def do_swap() -> None:
             swap["start"] = time.perf_counter()
-            reply = await client.post("/v1/adapters", json={"name": "b", "path": "b_v2"})
+            reply = await client.post("/v1/adapters", json={"name": "beta", "path": "b_v2"})
             swap["end"] = time.perf_counter()
             swap["status"], swap["reply"] = reply.status_code, reply.json()
 
@@ -156,7 +156,7 @@ async def load(url: str, texts: list[str], n: int, concurrency: int, seed: int) 
                 except (httpx.HTTPError, ValueError) as e:
                     status, payload = None, {"error": repr(e)}
                 results[i] = {"start": start, "end": time.perf_counter(), "status": status, "reply": payload,
-                              "texts": batch, "asked": adapter or "a"}
+                              "texts": batch, "asked": adapter or "alpha"}
                 done += 1
                 if done == n // 2 and not swap:
                     swap["pending"] = True
@@ -194,10 +194,10 @@ def check(run: dict, refs: dict[tuple[str, int], dict[str, list[float]]]) -> dic
             problem = f"asked for {r['asked']}, answered by {name}"
         elif (name, revision) not in refs:
             problem = f"unexpected revision {revision} of {name}"
-        elif name == "b":
+        elif name == "beta":
             before, after = r["end"] < swap["start"], r["start"] > swap["end"]
             if (before and revision != 1) or (after and revision != 2):
-                problem = f"revision {revision} of b outside the swap window"
+                problem = f"revision {revision} of beta outside the swap window"
             elif not before and not after:
                 in_window[revision] += 1
         if problem is None:
@@ -264,13 +264,13 @@ def main(argv: list[str] | None = None) -> int:
         server = Server(root, work / "server.log", [])
         print(f"server at {server.url}; taking single-request answers of {len(texts)} texts", flush=True)
         with httpx.Client(base_url=server.url, timeout=60) as client:
-            refs = {("a", 1): references(client, texts, "a"), ("b", 1): references(client, texts, "b")}
+            refs = {("alpha", 1): references(client, texts, "alpha"), ("beta", 1): references(client, texts, "beta")}
             client.post("/v1/adapters", json={"name": "probe", "path": "b_v2"}).raise_for_status()
-            refs[("b", 2)] = references(client, texts, "probe")
+            refs[("beta", 2)] = references(client, texts, "probe")
             client.delete("/v1/adapters/probe").raise_for_status()
             calls_before = client.get("/healthz").json()["model_calls"]
-        differ = sum(np.argmax(refs[("b", 1)][t]) != np.argmax(refs[("b", 2)][t]) for t in texts)
-        print(f"{args.requests} requests at concurrency {args.concurrency}; swapping b midway", flush=True)
+        differ = sum(np.argmax(refs[("beta", 1)][t]) != np.argmax(refs[("beta", 2)][t]) for t in texts)
+        print(f"{args.requests} requests at concurrency {args.concurrency}; swapping beta midway", flush=True)
         server_cpu, client_cpu = server.cpu_seconds(), time.process_time()
         run = asyncio.run(asyncio.wait_for(
             load(server.url, texts, args.requests, args.concurrency, args.seed), args.time_limit))
@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         report["requests_per_model_call"] = round(args.requests / max(calls, 1), 2)
         report["setup"] = {
             "preset": args.preset, "concurrency": args.concurrency, "distinct_texts": len(texts),
-            "texts_per_request": "1-8", "adapters": ["a", "b (hot-swapped to b_v2 midway)"],
+            "texts_per_request": "1-8", "adapters": ["alpha", "beta (hot-swapped to b_v2 midway)"],
             "b_labels_changed_by_swap": int(differ), "tolerance": TOLERANCE,
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                         "platform": platform.platform(), "load_average_1min_at_start": load_at_start},

@@ -346,8 +346,6 @@ def test_merged_model_is_a_base_for_further_training(cli, tmp_path, sample_adapt
         Predictor.from_adapters({"orig": sample_adapter, "new": out}, device="cpu")
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="modeling.load_classifier needs ignore_mismatched_sizes=True (fresh head)")
 def test_merged_model_is_a_base_for_a_task_with_another_label_count(cli, tmp_path, cats_adapter):
     merged = merge(cats_adapter, tmp_path / "merged-cats")
     out = tmp_path / "binary-on-cats"

@@ -78,7 +78,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         text_column=args.text_column, label_column=args.label_column, encoding=args.encoding,
         label_names=label_names, text_labels=text_labels,
         lora_r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
-        target_modules=args.target_modules, lr=args.lr, batch_size=args.batch_size, epochs=args.epochs,
+        target_modules=args.target_modules, lr=args.lr, batch_size=args.batch_size,
+        eval_batch_size=args.eval_batch_size, epochs=args.epochs,
         max_steps=args.max_steps, max_length=args.max_length, warmup_ratio=args.warmup_ratio, seed=args.seed,
         precision=args.precision, save_dtype=args.save_dtype, checkpoint_dir=args.checkpoint_dir,
         resume=args.resume, keep_checkpoints=args.keep_checkpoints,
@@ -313,6 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-modules", nargs="+", default=["c_attn", "c_proj"])
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--eval-batch-size", type=int, default=None,
+                   help="batch size of the per-epoch evaluation (default: 64 on the CPU, 256 on a GPU)")
     p.add_argument("--epochs", type=float, default=3)
     p.add_argument("--max-steps", type=int, default=-1, help="stop after this many steps (default: all epochs)")
     p.add_argument("--max-length", type=int, default=128, help="tokens per text, longer ones are truncated")

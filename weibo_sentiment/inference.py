@@ -142,10 +142,11 @@ class Predictor:
 
     def _check(self, name: str, path: Path, check_base: bool) -> AdapterInfo:
         # PEFT keeps adapters in torch ModuleDicts: a name with a dot, or one such as `half` or `to` that is
-        # a module attribute, cannot be a key there.
-        if "." in name or hasattr(torch.nn.ModuleDict, name):
-            raise UserError(f"adapter name {name!r} cannot be used (a dot, or a PyTorch module attribute); "
-                            f"name it with --adapter NAME={path}")
+        # a module attribute, cannot be a key there; and PEFT finds LoRA weights by the prefix `lora_`, so a
+        # name that is part of it (`a`, `lo`) may load wrongly.
+        if "." in name or hasattr(torch.nn.ModuleDict, name) or name in "lora_":
+            raise UserError(f"adapter name {name!r} cannot be used (a dot, a PyTorch module attribute, or part "
+                            f"of 'lora_'); name it with --adapter NAME={path}")
         run = read_run(path)
         if check_base and run.get("base_fingerprint") not in (None, self.fingerprint):
             raise UserError(

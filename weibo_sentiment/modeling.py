@@ -260,7 +260,9 @@ def load_classifier(
     )
     config = GPT2Config.from_dict(config_dict)
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
-    model = GPT2ForSequenceClassification.from_pretrained(str(base_dir), config=config, dtype=dtype, **kwargs)
+    # A merged classifier used as a base may carry a head for another label set: that head starts afresh.
+    model = GPT2ForSequenceClassification.from_pretrained(str(base_dir), config=config, dtype=dtype,
+                                                          ignore_mismatched_sizes=True, **kwargs)
     # The tokenizer and the config must agree on where padding is, or pooling reads the wrong token.
     assert tokenizer.padding_side == "right"
     return model
