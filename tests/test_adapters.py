@@ -234,9 +234,10 @@ def test_add_remove_and_hot_swap_without_reloading_the_base(sample_adapter, seco
     assert "task" not in predictor.model.peft_config
     with pytest.raises(UserError, match=r"^unknown adapter 'task' \(loaded: sent\)$"):
         predictor.predict(TEXTS, "task")
-    with pytest.raises(UserError, match=r"^adapter name 'half' cannot be used \(a dot, or a PyTorch module "
-                                        r"attribute\); name it with --adapter NAME="):
-        predictor.add_adapter("half", second_adapter)
+    for bad in ("half", "a.b", "lo"):
+        with pytest.raises(UserError, match=rf"^adapter name '{bad}' cannot be used \(a dot, a PyTorch module "
+                                            r"attribute, or part of 'lora_'\); name it with --adapter NAME="):
+            predictor.add_adapter(bad, second_adapter)
     with pytest.raises(UserError, match=r"^cannot remove 'sent': it is the only adapter loaded$"):
         predictor.remove_adapter("sent")
     np.testing.assert_allclose(predictor.predict_proba(TEXTS), single(sample_adapter), atol=1e-5)

@@ -30,7 +30,8 @@ def train_error(cli, path, *extra):
         ("label,review\n1,好[哈哈]\nx,差[泪]\n",
          "line 3: label 'x' is not an integer (labels are 0..N-1; for text labels pass --label-names auto)"),
         ("label,review\n1,好[哈哈]\n0,差[泪]\n5,什么[晕]\n",
-         "line 4: label 5 is out of range: labels must be 0..2 (found 0, 1, 5); pass --label-names to declare the label set"),
+         "line 4: label 5 is out of range: labels must be 0..2 (found 0, 1, 5); "
+         "pass --label-names to declare the label set"),
         ("label,review\n1,好[哈哈]\n-1,差[泪]\n", "line 3: label -1 is out of range (expected 0..N-1)"),
         ("label,review\n1,好[哈哈]\n,差[泪]\n", "line 3: blank label"),
         ("label,review\n", "line 1: has a header but no data rows"),

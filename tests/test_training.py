@@ -132,6 +132,6 @@ def test_uer_shape_trains_and_predicts(tmp_path, real_vocab, cli, capsys):
     assert round(100 * 812_544 / result.run["total_parameters"], 2) == 0.79
     assert round(result.run["total_parameters"] / 1e6, 1) == 102.9
     predicted = cli("predict", "--adapter", tmp_path / "a", "--text", "今天真开心[哈哈]")
-    assert predicted.code == 0
+    assert predicted.code == 0, predicted.err
     assert predicted.out.splitlines()[-2:][0] == "今天真开心[哈哈]"
     assert predicted.out.splitlines()[-1].startswith("Prediction: ")

@@ -199,7 +199,8 @@ def interactive(predictor, stdin=None, stdout=None) -> int:
         print(text, file=stdout, flush=True)
 
     say(f"Device: {predictor.device}")
-    say(f"LoRA adapter loaded: {predictor.default} (labels: {', '.join(predictor.adapters[predictor.default].label_names)})")
+    labels = ", ".join(predictor.adapters[predictor.default].label_names)
+    say(f"LoRA adapter loaded: {predictor.default} (labels: {labels})")
     say()
     say(BANNER)
     say("Enter Weibo content for analysis (enter 'q' to exit; ':adapters' lists adapters, ':use NAME' switches):")
@@ -294,7 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="a config.json to take the shape from instead of a preset")
     vocab = p.add_mutually_exclusive_group(required=True)
     vocab.add_argument("--vocab", help="vocab.txt to use (e.g. the real model's)")
-    vocab.add_argument("--vocab-from-data", metavar="CSV", help="build a character vocabulary from a CSV's review column")
+    vocab.add_argument("--vocab-from-data", metavar="CSV",
+                       help="build a character vocabulary from a CSV's review column")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_init_model)
 

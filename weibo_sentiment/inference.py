@@ -56,6 +56,11 @@ class AdapterInfo:
         return int(self.run.get("max_length", 128))
 
 
+def usable_name(name: str) -> bool:
+    """Whether PEFT can hold an adapter under `name` (see Predictor._check)."""
+    return bool(name) and "." not in name and not hasattr(torch.nn.ModuleDict, name) and name not in "lora_"
+
+
 def parse_adapter_specs(specs: Iterable[str | Path]) -> dict[str, Path]:
     """`NAME=DIR` or a bare `DIR` (named after its folder) → {name: dir}, in the given order."""
     adapters: dict[str, Path] = {}
@@ -64,6 +69,8 @@ def parse_adapter_specs(specs: Iterable[str | Path]) -> dict[str, Path]:
         name, sep, path = spec.partition("=")
         if not sep:
             name, path = Path(spec.rstrip("/")).name, spec
+            if not usable_name(name):  # a folder called `a` or `to`: the user chose no name, so pick one
+                name = f"adapter{len(adapters) + 1}"
         if not name:
             raise UserError(f"--adapter {spec!r}: the adapter name is empty")
         if name in adapters:
@@ -144,7 +151,7 @@ class Predictor:
         # PEFT keeps adapters in torch ModuleDicts: a name with a dot, or one such as `half` or `to` that is
         # a module attribute, cannot be a key there; and PEFT finds LoRA weights by the prefix `lora_`, so a
         # name that is part of it (`a`, `lo`) may load wrongly.
-        if "." in name or hasattr(torch.nn.ModuleDict, name) or name in "lora_":
+        if not usable_name(name):
             raise UserError(f"adapter name {name!r} cannot be used (a dot, a PyTorch module attribute, or part "
                             f"of 'lora_'); name it with --adapter NAME={path}")
         run = read_run(path)

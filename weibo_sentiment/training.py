@@ -17,8 +17,15 @@ from transformers.trainer_utils import get_last_checkpoint
 from .adapter_io import SAVE_DTYPES, base_fingerprint, cast_weights, package_versions, write_run
 from .data import DEFAULT_LABEL_COLUMN, DEFAULT_TEXT_COLUMN, LabelledData, load_labelled, stratified_split
 from .errors import UserError
-from .modeling import DEFAULT_BASE_MODEL, DEFAULT_MODEL_DIR, _atomic_dir, load_classifier, load_tokenizer, \
-    replace_dir, resolve_base_model
+from .modeling import (
+    DEFAULT_BASE_MODEL,
+    DEFAULT_MODEL_DIR,
+    _atomic_dir,
+    load_classifier,
+    load_tokenizer,
+    replace_dir,
+    resolve_base_model,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -239,7 +246,8 @@ def train(config: TrainConfig, callbacks: list | None = None) -> TrainResult:
         raise UserError(f"interrupted; checkpoints are in {checkpoints}, continue with --resume") from None
 
     epochs = [
-        {"epoch": e["epoch"], "loss": e.get("eval_loss"), "accuracy": e["eval_accuracy"], "macro_f1": e["eval_macro_f1"]}
+        {"epoch": e["epoch"], "loss": e.get("eval_loss"), "accuracy": e["eval_accuracy"],
+         "macro_f1": e["eval_macro_f1"]}
         for e in trainer.state.log_history if "eval_macro_f1" in e
     ]
     if not epochs:  # max_steps ended training before the first epoch's evaluation
