@@ -118,11 +118,16 @@ def rendered(page: Page) -> list[dict]:
         confidence: r.querySelector('.conf').textContent, width: r.querySelector('.fill').style.width}))""")
 
 
+def css_percent(confidence: float) -> str:
+    """The page sets `width` to the percentage with one decimal; the browser reads "54.0%" back as "54%"."""
+    return f"{float(f'{100 * confidence:.1f}'):g}%"
+
+
 def expected_rows(url: str, adapter: str) -> list[dict]:
     names = {"positive": "积极 Positive", "negative": "消极 Negative"}
     reply = httpx.post(f"{url}/v1/predict", json={"texts": POSTS, "adapter": adapter}).json()
     return [{"text": text, "label": names[p["label_name"]], "confidence": f"{100 * p['confidence']:.1f}%",
-             "width": f"{100 * p['confidence']:.1f}%"}
+             "width": css_percent(p["confidence"])}
             for text, p in zip(POSTS, reply["predictions"], strict=True)]
 
 
