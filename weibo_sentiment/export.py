@@ -71,12 +71,13 @@ def quantize_int8(source: Path, target: Path) -> None:
 
     graph = onnx.load(str(source), load_external_data=False).graph
     head = [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm") and "/score/" in n.name]
-    logging.disable(logging.WARNING)  # ORT logs a pre-processing hint meant for static quantization
+    previous = logging.root.manager.disable
+    logging.disable(max(previous, logging.WARNING))  # ORT logs a pre-processing hint meant for static quantization
     try:
         quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True,
                          nodes_to_exclude=head)
     finally:
-        logging.disable(logging.NOTSET)
+        logging.disable(previous)
 
 
 def export_onnx(
