@@ -230,7 +230,7 @@ def arm_train_ours(work: Path, cfg: dict) -> dict:
 
 
 def arm_export(work: Path, cfg: dict) -> dict:
-    from weibo_sentiment.export import MODEL_FILE, export_onnx, quantize_export
+    from weibo_sentiment.export import MODEL_FILE, export_onnx, quantize_export, read_export
 
     start = time.perf_counter()
     fp32 = export_onnx(work / "adapter", work / "onnx")
@@ -239,7 +239,8 @@ def arm_export(work: Path, cfg: dict) -> dict:
     end = time.perf_counter()
     return {"export_seconds": middle - start, "quantize_seconds": end - middle,
             "fp32_mib": (fp32 / MODEL_FILE).stat().st_size / 2**20,
-            "int8_mib": (int8 / MODEL_FILE).stat().st_size / 2**20}
+            "int8_mib": (int8 / MODEL_FILE).stat().st_size / 2**20,
+            "int8_kept_fp32": read_export(int8)["quantization"]["fp32"]}
 
 
 def _texts(work: Path) -> tuple[list[str], str]:
@@ -473,7 +474,8 @@ def summarize(arms: dict, setup: dict, cfg: dict, peaks: list[float], n_params: 
         "flops_per_real_token": f"4 x {n_params} (LoRA: forward 2N, backward activations only 2N)",
         "training": {"original": original, "ours": ours},
         "inference": {"original": original_predict, **backends},
-        "export": {k: round(v, 1) for k, v in arms["export"].items()} if "export" in arms else None,
+        "export": {k: round(v, 1) if isinstance(v, float) else v for k, v in arms["export"].items()} if "export" in arms
+        else None,
         "settings": {**cfg, "original_recipe": ORIGINAL, "model": "init-model --preset uer (random weights)",
                      **setup},
         "machine": {"device": cfg["device"], "gpu": torch.cuda.get_device_name() if cfg["device"] != "cpu" else None,

@@ -11,7 +11,8 @@ import onnx
 import pytest
 from safetensors.torch import load_file
 
-from weibo_sentiment.export import EXPORT_FILE, MODEL_FILE, OnnxPredictor, export_onnx, read_export
+from weibo_sentiment.errors import UserError
+from weibo_sentiment.export import EXPORT_FILE, MODEL_FILE, OnnxPredictor, export_onnx, quantize_export, read_export
 from weibo_sentiment.inference import Predictor
 
 from .conftest import SAMPLE
@@ -44,13 +45,28 @@ def test_fp32_export_equals_torch(exported, unmerged):
 
 def test_int8_export_is_quantized_and_agrees(exported, unmerged):
     fp32, int8 = exported
-    ops = {node.op_type for node in onnx.load(str(int8 / MODEL_FILE)).graph.node}
-    assert "MatMulInteger" in ops
-    assert (int8 / MODEL_FILE).stat().st_size < 0.5 * (fp32 / MODEL_FILE).stat().st_size
+    ops = [node.op_type for node in onnx.load(str(int8 / MODEL_FILE)).graph.node]
+    assert ops.count("MatMulInteger") == 2 * 4  # c_attn, attn c_proj, c_fc, mlp c_proj of both tiny blocks
     reference = unmerged.predict_proba(TEXTS)
     probs = OnnxPredictor(int8).predict_proba(TEXTS)
     assert np.abs(probs - reference).max() < 0.1
     assert (probs.argmax(1) == reference.argmax(1)).mean() >= 0.95
+
+
+def test_int8_keeps_embeddings_head_and_first_blocks_in_fp32(tmp_path, exported):
+    fp32, int8 = exported
+    assert read_export(int8)["quantization"] == {"fp32_blocks": 0, "blocks": 2,
+                                                 "fp32": ["embeddings", "no blocks", "classifier head"]}
+    out = quantize_export(fp32, tmp_path / "int8-1", fp32_blocks=1)
+    graph = onnx.load(str(out / MODEL_FILE)).graph
+    integer = [n.name for n in graph.node if n.op_type == "MatMulInteger"]
+    assert integer and all("/h.1/" in name for name in integer)  # block 0 and the head stay float
+    float_weights = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
+    assert {"model.transformer.wte.weight", "model.transformer.wpe.weight"} <= float_weights
+    assert read_export(out)["quantization"]["fp32"] == ["embeddings", "blocks 0-0", "classifier head"]
+    with pytest.raises(UserError, match=r"^--int8-fp32-blocks 3: the model has 2 blocks$"):
+        quantize_export(fp32, tmp_path / "int8-3", fp32_blocks=3)
+    assert not (tmp_path / "int8-3").exists()
 
 
 def test_export_is_self_contained(tmp_path, adapter_copy, unmerged):
@@ -127,3 +143,8 @@ def test_cli_backend_errors(cli, exported, sample_adapter, tmp_path):
                  "--backend", "onnx", "--text", "好")
     assert result.code == 2
     assert result.err == "error: --backend onnx runs one adapter merged into its base; pass one --adapter\n"
+    result = cli("export", "--adapter", sample_adapter, "--output", tmp_path / "x", "--int8-fp32-blocks", "1")
+    assert (result.code, result.err) == (2, "error: --int8-fp32-blocks applies to --int8 exports only\n")
+    result = cli("export", "--adapter", sample_adapter, "--output", tmp_path / "x", "--int8", "--int8-fp32-blocks", "9")
+    assert (result.code, result.err) == (2, "error: --int8-fp32-blocks 9: the model has 2 blocks\n")
+    assert not (tmp_path / "x").exists()
