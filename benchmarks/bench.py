@@ -7,6 +7,8 @@ Arms (each in its own process, so peak RSS is its own and no arm warms another's
   train_original    the original loop: pad every text to 128, batch 16, AdamW(5e-4), fp32, hand-written
   train_ours        `weibo_sentiment.training.train` itself (Trainer, per-batch padding, length-grouped
                     batches, fused AdamW), timed per step with a TrainerCallback
+  train_ours_bf16   the same with `--precision bf16` (CPUs with oneDNN bf16 kernels only; its FLOP share is
+                    taken of a bf16 GEMM peak and is not a target figure)
   export            `weibo_sentiment.export`: the adapter trained by train_ours merged and exported to ONNX
                     (fp32), then quantized to int8
   predict_original  the original predict: one text at a time padded to 128, LoRA unmerged, torch.no_grad
@@ -60,12 +62,12 @@ GPU = {"train_rows": 80000, "validation_rows": 2000, "original_warmup_steps": 5,
 
 
 # ---- measurements shared by the arms ---------------------------------------------------------------------
-def gemm_peak(device: str = "cpu", reps: int = 6, rounds: int = 3) -> float:
-    """The best matmul rate (FLOP/s) of `rounds` timed rounds, after a warm-up: fp32 2048x2048 on the CPU,
-    bf16 8192x8192 on a GPU (the precision our training runs in there)."""
+def gemm_peak(device: str = "cpu", reps: int = 6, rounds: int = 3, bf16: bool = False) -> float:
+    """The best matmul rate (FLOP/s) of `rounds` timed rounds, after a warm-up: fp32 2048x2048 on the CPU
+    (bf16 with `bf16`, for the CPU bf16 training arm), bf16 8192x8192 on a GPU (our training's precision there)."""
     import torch
 
-    n, dtype = (2048, torch.float32) if device == "cpu" else (8192, torch.bfloat16)
+    n, dtype = (2048, torch.bfloat16 if bf16 else torch.float32) if device == "cpu" else (8192, torch.bfloat16)
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     c = torch.empty(n, n, device=device, dtype=dtype)
     torch.matmul(a, b, out=c)
@@ -184,7 +186,7 @@ def arm_train_original(work: Path, cfg: dict) -> dict:
             "threads": torch.get_num_threads()}
 
 
-def arm_train_ours(work: Path, cfg: dict) -> dict:
+def arm_train_ours(work: Path, cfg: dict, precision: str = "auto") -> dict:
     """`training.train` itself, on the same rows; a callback notes when each optimizer step ends."""
     import torch
     from transformers import TrainerCallback
@@ -207,16 +209,17 @@ def arm_train_ours(work: Path, cfg: dict) -> dict:
                 _sync(device)
             self.ends.append(time.perf_counter())
 
-    peaks = [gemm_peak(device)]
+    bf16_cpu = precision == "bf16" and device == "cpu"
+    peaks = [gemm_peak(device, bf16=bf16_cpu)]
     timer = StepTimer()
     # The recipe's settings (batch 16, lr 5e-4, LoRA r 8 ...) are TrainConfig's defaults. On the CPU a slice
     # of an epoch: warm-up steps, then `ours_steps` timed ones; on a GPU the whole epoch.
     steps = cfg["ours_steps"]
     config = TrainConfig(data=str(work / "train.csv"), validation_data=str(work / "validation.csv"),
-                         base_model=str(work / "base"), output=str(work / "adapter"), epochs=1,
-                         max_steps=warmup + steps if steps else -1, logging_steps=10**6)
+                         base_model=str(work / "base"), output=str(work / ("adapter-bf16" if bf16_cpu else "adapter")),
+                         epochs=1, max_steps=warmup + steps if steps else -1, logging_steps=10**6, precision=precision)
     result = train(config, callbacks=[timer])
-    peaks.append(gemm_peak(device))
+    peaks.append(gemm_peak(device, bf16=bf16_cpu))
     done = len(timer.ends)
     batches = result.batches[:done]  # evaluation batches follow the training ones
     measured = batches[warmup:]
@@ -227,6 +230,11 @@ def arm_train_ours(work: Path, cfg: dict) -> dict:
             "all_steps_samples": sum(sizes), "peak_rss_mib": peak_rss_mib(), "gemm_peaks": peaks,
             "threads": torch.get_num_threads(), "precision": result.run["precision"],
             "adapter": str(result.output)}
+
+
+def arm_train_ours_bf16(work: Path, cfg: dict) -> dict:
+    """The same on the CPU in bf16 autocast (`--precision bf16`), its FLOP share taken of a bf16 GEMM peak."""
+    return arm_train_ours(work, cfg, precision="bf16")
 
 
 def arm_export(work: Path, cfg: dict) -> dict:
@@ -327,7 +335,8 @@ def arm_predict_onnx_int8(work: Path, cfg: dict) -> dict:
             "threads": predictor.session.get_session_options().intra_op_num_threads}
 
 
-ARMS = {"train_original": arm_train_original, "train_ours": arm_train_ours, "export": arm_export,
+ARMS = {"train_original": arm_train_original, "train_ours": arm_train_ours, "train_ours_bf16": arm_train_ours_bf16,
+        "export": arm_export,
         "predict_original": arm_predict_original, "predict_torch": arm_predict_torch,
         "predict_onnx": arm_predict_onnx, "predict_onnx_int8": arm_predict_onnx_int8}
 
@@ -421,6 +430,15 @@ def summarize(arms: dict, setup: dict, cfg: dict, peaks: list[float], n_params: 
     a = arms["train_ours"]
     ours["all_steps"] = {"samples": a["all_steps_samples"], "seconds": round(a["all_steps_seconds"], 2),
                          "samples_per_s": round(a["all_steps_samples"] / a["all_steps_seconds"], 3)}
+    training = {"original": original, "ours": ours}
+    if "train_ours_bf16" in arms:  # not a target figure: its share is of the bf16 peak, not of the fp32 one
+        b = arms["train_ours_bf16"]
+        bf16_peak = max(b["gemm_peaks"])
+        rate = b["samples"] / b["seconds"]
+        training["ours_bf16"] = {**_train_figures(b, n_params, bf16_peak),
+                                 "gemm_peak_gflops": round(bf16_peak / 1e9, 1),
+                                 "speedup_vs_original": round(rate / original["samples_per_s"], 3),
+                                 "speedup_vs_ours_fp32": round(rate / ours["samples_per_s"], 3)}
     reference = np.load(work / "probs_torch.npy")
     backends = {"torch": _predict_figures(arms["predict_torch"])}
     backends["torch"]["latency_unmerged_p50_ms"] = arms["predict_torch"]["latency_unmerged"]["p50_ms"]
@@ -472,7 +490,7 @@ def summarize(arms: dict, setup: dict, cfg: dict, peaks: list[float], n_params: 
         "gemm_peaks_gflops": [round(p / 1e9, 1) for p in peaks],
         "non_embedding_parameters": n_params,
         "flops_per_real_token": f"4 x {n_params} (LoRA: forward 2N, backward activations only 2N)",
-        "training": {"original": original, "ours": ours},
+        "training": training,
         "inference": {"original": original_predict, **backends},
         "export": {k: round(v, 1) if isinstance(v, float) else v for k, v in arms["export"].items()} if "export" in arms
         else None,
@@ -535,8 +553,12 @@ def markdown(s: dict) -> str:
         "peak RSS MiB | steps timed |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for name, label in (("original", "original (pad to 128, hand-written loop)"),
-                        ("ours", "ours (`training.train`: per-batch padding, length groups)")):
+    rows = [("original", "original (pad to 128, hand-written loop)"),
+            ("ours", "ours (`training.train`: per-batch padding, length groups)")]
+    if "ours_bf16" in t:
+        peak = t["ours_bf16"]["gemm_peak_gflops"]
+        rows.append(("ours_bf16", f"ours, `--precision bf16` (share of the bf16 GEMM peak, {peak} GFLOP/s)"))
+    for name, label in rows:
         a = t[name]
         lines.append(f"| {label} | {a['samples_per_s']} | {a['real_tokens_per_s']} | {a['padding_share']:.1%} | "
                      f"{a['achieved_gflops']} | {a['flop_share']:.1%} | {a['peak_rss_mib']:.0f} | "
@@ -595,6 +617,10 @@ def main() -> int:
     cfg = dict(QUICK if args.quick else GPU if args.gpu else FULL)
     cfg["device"] = "cuda" if args.gpu else "cpu"
     names = list(ARMS)
+    import torch
+
+    if args.gpu or not torch.ops.mkldnn._is_mkldnn_bf16_supported():  # bf16 arm: CPUs with bf16 kernels only
+        names.remove("train_ours_bf16")
     if args.gpu:
         import torch
 

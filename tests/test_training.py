@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 from safetensors import safe_open
 
 from weibo_sentiment.training import PaddedBatches, TrainConfig, train
@@ -75,6 +76,34 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path, tiny_base, cli):
     result = cli("train", "--data", SAMPLE, "--base-model", tiny_base, "--output", tmp_path / "a", "--resume")
     assert result.code == 2
     assert result.err.strip() == f"error: --resume: no checkpoint in {tmp_path / 'a.checkpoints'} to resume from"
+
+
+def test_bf16_on_the_cpu_trains_and_predicts(tmp_path, tiny_base, cli):
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():  # the CI machine has AMX; a laptop may not
+        result = cli("train", "--data", SAMPLE, "--base-model", tiny_base, "--output", tmp_path / "a",
+                     "--precision", "bf16")
+        assert (result.code, result.err) == (2, "error: --precision bf16: this CPU has no bf16 support (oneDNN "
+                                                "needs AVX512 or AMX); use fp32\n")
+        return
+    out = tmp_path / "bf16"
+    result = cli("train", "--data", SAMPLE, "--base-model", tiny_base, "--output", out, "--epochs", "1",
+                 "--max-length", "32", "--precision", "bf16")
+    assert result.code == 0, result.err
+    run = json.loads((out / "run.json").read_text())
+    assert run["precision"] == "bf16"
+    with safe_open(str(out / "adapter_model.safetensors"), "pt") as f:  # autocast: the weights stay fp32
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float32}
+    predicted = cli("predict", "--adapter", out, "--text", "今天真开心[哈哈]")
+    assert predicted.code == 0, predicted.err
+
+
+def test_fp16_needs_a_gpu(tmp_path, tiny_base, cli):
+    if torch.cuda.is_available():
+        return
+    result = cli("train", "--data", SAMPLE, "--base-model", tiny_base, "--output", tmp_path / "a",
+                 "--precision", "fp16")
+    assert (result.code, result.err) == (2, "error: --precision fp16 needs a CUDA GPU; use fp32 (or bf16 on a CPU "
+                                            "with bf16 support) on the CPU\n")
 
 
 PLAIN_PEFT = """

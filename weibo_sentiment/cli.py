@@ -327,7 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-ratio", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="auto: bf16 (or fp16) on a CUDA GPU, fp32 on the CPU")
+                   help="auto: bf16 (or fp16) on a CUDA GPU, fp32 on the CPU; bf16 on a CPU with AMX is ~1.5x "
+                        "faster than fp32")
     p.add_argument("--save-dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                    help="dtype of the saved adapter weights")
     p.add_argument("--checkpoint-dir", help="where epoch checkpoints go (default: OUTPUT.checkpoints)")
