@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from safetensors import safe_open
 from .adapter_io import RUN_FILE, SAVE_DTYPES, WEIGHTS_FILE, package_versions, read_run
 from .errors import UserError
 from .inference import Predictor, parse_adapter_specs
-from .modeling import DEFAULT_MODEL_DIR, _atomic_dir, replace_dir
+from .modeling import DEFAULT_MODEL_DIR, atomic_dir
 from .training import save_adapter
 
 logger = logging.getLogger(__name__)
@@ -180,8 +179,7 @@ def merge(
     model.config.id2label = dict(enumerate(info.label_names))
     model.config.label2id = {name: i for i, name in enumerate(info.label_names)}
     output = Path(str(output).rstrip("/"))
-    tmp = _atomic_dir(output)
-    try:
+    with atomic_dir(output) as tmp:
         model.save_pretrained(str(tmp))
         predictor.tokenizer.save_pretrained(str(tmp))
         # `model_input_names` set on a loaded tokenizer is not saved; as an init argument it is.
@@ -195,10 +193,6 @@ def merge(
                       "max_length": info.max_length, "versions": package_versions()}
         (tmp / MERGE_FILE).write_text(json.dumps(provenance, indent=2, ensure_ascii=False) + "\n",
                                       encoding="utf-8")
-        replace_dir(tmp, output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     logger.info("merged %s into its base; standalone model written to %s", adapter, output)
     return output
 

@@ -22,7 +22,7 @@ import torch
 from .adapter_io import package_versions
 from .errors import UserError
 from .inference import AdapterInfo, Prediction, Predictor, parse_adapter_specs
-from .modeling import DEFAULT_MODEL_DIR, _atomic_dir, load_tokenizer, replace_dir
+from .modeling import DEFAULT_MODEL_DIR, atomic_dir, load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -119,8 +119,7 @@ def export_onnx(
     info = predictor.adapters[name]
     model = predictor.model.merge_and_unload().eval()
     output = Path(str(output).rstrip("/"))
-    tmp = _atomic_dir(output)
-    try:
+    with atomic_dir(output) as tmp:
         _trace(model, predictor.tokenizer, tmp / MODEL_FILE)
         quantization = None
         if int8:
@@ -147,10 +146,6 @@ def export_onnx(
         }
         text = json.dumps(meta, indent=2, ensure_ascii=False) + "\n"
         (tmp / EXPORT_FILE).write_text(text, encoding="utf-8")
-        replace_dir(tmp, output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     logger.info("exported %s (%s, merged into its base) to %s", adapter, "int8" if int8 else "fp32", output)
     return output
 
@@ -161,8 +156,7 @@ def quantize_export(source: str | Path, output: str | Path, fp32_blocks: int | N
     meta = read_export(source)
     if meta.get("precision") != "fp32":
         raise UserError(f"{source}: holds a {meta.get('precision')} export; quantize an fp32 one")
-    tmp = _atomic_dir(output)
-    try:
+    with atomic_dir(output) as tmp:
         for f in source.iterdir():
             if f.name != MODEL_FILE and f.is_file():
                 shutil.copy2(f, tmp / f.name)
@@ -170,10 +164,6 @@ def quantize_export(source: str | Path, output: str | Path, fp32_blocks: int | N
         meta = {**meta, "precision": "int8", "quantization": quantization}
         text = json.dumps(meta, indent=2, ensure_ascii=False) + "\n"
         (tmp / EXPORT_FILE).write_text(text, encoding="utf-8")
-        replace_dir(tmp, output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return output
 
 

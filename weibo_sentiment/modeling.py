@@ -14,6 +14,8 @@ import shutil
 import socket
 import tempfile
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -60,6 +62,18 @@ def _atomic_dir(target: Path) -> Path:
     os.umask(umask)
     tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result should be an ordinary directory
     return tmp
+
+
+@contextmanager
+def atomic_dir(target: Path) -> Iterator[Path]:
+    """A fresh temporary directory beside `target` to fill; when the block completes it replaces `target`, when
+    it fails (or is interrupted) it is removed and `target` is left as it was."""
+    tmp = _atomic_dir(target)
+    try:
+        yield tmp
+        replace_dir(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def replace_dir(tmp: Path, target: Path) -> None:
@@ -130,8 +144,7 @@ def init_model(
     if missing:
         raise UserError(f"the vocabulary lacks the special tokens {', '.join(missing)}")
 
-    tmp = _atomic_dir(output)
-    try:
+    with atomic_dir(output) as tmp:
         (tmp / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
         tokenizer = BertTokenizer(vocab=str(tmp / "vocab.txt"), do_lower_case=False)
         tokenizer.model_max_length = shape.get("n_positions", 1024)
@@ -142,10 +155,6 @@ def init_model(
         torch.manual_seed(seed)
         model = GPT2LMHeadModel(config)
         model.save_pretrained(tmp, safe_serialization=True)
-        replace_dir(tmp, output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     n = sum(p.numel() for p in model.transformer.parameters())
     logger.info("wrote a random %s GPT-2 (%.1fM parameters, vocabulary %d) to %s", preset, n / 1e6, len(vocab), output)
     return output
@@ -204,8 +213,7 @@ def download_base_model(hub_id: str, model_dir: Path) -> Path:
             "`weibo-sentiment init-model`)"
         )
     logger.info("downloading %s into %s (once)", hub_id, model_dir)
-    tmp = _atomic_dir(model_dir)
-    try:
+    with atomic_dir(model_dir) as tmp:
         try:
             tokenizer = BertTokenizer.from_pretrained(hub_id)
             model = GPT2LMHeadModel.from_pretrained(hub_id)
@@ -219,9 +227,6 @@ def download_base_model(hub_id: str, model_dir: Path) -> Path:
         tokenizer.save_pretrained(tmp)
         model.save_pretrained(tmp, safe_serialization=True)
         (tmp / SOURCE_FILE).write_text(json.dumps({"base_model": hub_id}) + "\n")
-        replace_dir(tmp, model_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return model_dir
 
 

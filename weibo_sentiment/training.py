@@ -20,10 +20,9 @@ from .errors import UserError
 from .modeling import (
     DEFAULT_BASE_MODEL,
     DEFAULT_MODEL_DIR,
-    _atomic_dir,
+    atomic_dir,
     load_classifier,
     load_tokenizer,
-    replace_dir,
     resolve_base_model,
 )
 
@@ -329,8 +328,7 @@ def save_adapter(model, tokenizer, run: dict, output: str | Path, save_dtype: st
                  adapter_name: str = "default") -> Path:
     """Write adapter + tokenizer + run.json to a temporary directory, then rename it onto `output`."""
     output = Path(str(output).rstrip("/"))
-    tmp = _atomic_dir(output)
-    try:
+    with atomic_dir(output) as tmp:
         model.save_pretrained(str(tmp), selected_adapters=[adapter_name])
         if adapter_name != "default":  # PEFT writes non-default adapters into a sub-folder
             for f in (tmp / adapter_name).iterdir():
@@ -339,10 +337,6 @@ def save_adapter(model, tokenizer, run: dict, output: str | Path, save_dtype: st
         cast_weights(tmp, save_dtype)
         tokenizer.save_pretrained(str(tmp))
         write_run(tmp, {**run, "save_dtype": save_dtype})
-        replace_dir(tmp, output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return output
 
 
