@@ -129,7 +129,7 @@ def lora_config(config: TrainConfig) -> LoraConfig:
 
 def _precision(choice: str) -> dict:
     """Trainer arguments for `choice`. On the CPU, fp32 unless bf16 is asked for: bf16 autocast pays off only
-    where oneDNN has bf16 kernels in hardware (measured on a 2-core Xeon with AMX: 1.5x the fp32 step) and
+    where oneDNN has bf16 kernels in hardware (`make bench` on a 2-core Xeon with AMX: 1.36x the fp32 samples/s) and
     would run emulated, slower than fp32, on most laptops."""
     if choice == "auto":
         if torch.cuda.is_available():
