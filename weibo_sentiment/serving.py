@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path, PurePath
 from typing import Any
@@ -341,19 +341,26 @@ def resolve_adapter_path(root: Path, requested: str) -> Path:
 
 
 # ---- the app ----------------------------------------------------------------------------------------------
-def create_app(
-    predictor,
-    *,
-    api_key: str | None = None,
-    adapter_root: str | Path | None = None,
-    max_texts: int = MAX_TEXTS,
-    max_chars: int = MAX_CHARS,
-    max_body_bytes: int | None = None,
-    batch_wait_ms: float = BATCH_WAIT_MS,
-    batch_size: int = 32,
-    allowed_hosts: Sequence[str] | None = None,
-):
-    """The FastAPI app serving `predictor` (anything with Predictor's interface)."""
+@dataclass(frozen=True)
+class AppSettings:
+    """What the app enforces and how it batches; `create_app` and `serve` take these as keyword arguments."""
+
+    api_key: str | None = None  # required as a bearer token (or X-API-Key) on /v1 when set
+    adapter_root: str | Path | None = None  # enables loading/unloading adapters at runtime from this folder
+    max_texts: int = MAX_TEXTS  # per request
+    max_chars: int = MAX_CHARS  # per text
+    max_body_bytes: int | None = None  # default: enough for max_texts x max_chars
+    batch_wait_ms: float = BATCH_WAIT_MS  # how long the micro-batcher waits for more requests
+    batch_size: int = 32  # texts per model call
+    allowed_hosts: Sequence[str] | None = None  # Host header values accepted (None: any)
+
+
+def create_app(predictor, settings: AppSettings | None = None, **options):
+    """The FastAPI app serving `predictor` (anything with Predictor's interface); `options` override fields of
+    `settings` (see AppSettings)."""
+    settings = replace(settings or AppSettings(), **options)
+    api_key, adapter_root, max_texts, max_chars = (settings.api_key, settings.adapter_root, settings.max_texts,
+                                                   settings.max_chars)
     root = None
     if adapter_root is not None:
         if not hasattr(predictor, "add_adapter"):
@@ -361,9 +368,10 @@ def create_app(
         root = Path(adapter_root).resolve()
         if not root.is_dir():
             raise UserError(f"--adapter-root {adapter_root}: no such directory")
+    max_body_bytes = settings.max_body_bytes
     if max_body_bytes is None:
         max_body_bytes = default_max_body_bytes(max_texts, max_chars)
-    batcher = MicroBatcher(predictor, wait_ms=batch_wait_ms, batch_size=batch_size,
+    batcher = MicroBatcher(predictor, wait_ms=settings.batch_wait_ms, batch_size=settings.batch_size,
                            max_batch_texts=max(MAX_BATCH_TEXTS, max_texts))
     page = resources.files("weibo_sentiment").joinpath("static", "index.html").read_text(encoding="utf-8")
 
@@ -505,7 +513,7 @@ def create_app(
             raise ApiError(404, str(e)) from e
         return {"removed": name, "default": predictor.default}
 
-    app.add_middleware(_Guard, api_key=api_key, allowed_hosts=allowed_hosts, max_body_bytes=max_body_bytes)
+    app.add_middleware(_Guard, api_key=api_key, allowed_hosts=settings.allowed_hosts, max_body_bytes=max_body_bytes)
     return app
 
 
@@ -546,24 +554,20 @@ def serve(
     base_model: str | None = None,
     model_dir: str | Path = "models/gpt2-chinese",
     device: str | None = None,
-    api_key: str | None = None,
-    adapter_root: str | Path | None = None,
-    max_texts: int = MAX_TEXTS,
-    max_chars: int = MAX_CHARS,
-    max_body_bytes: int | None = None,
-    batch_wait_ms: float = BATCH_WAIT_MS,
-    batch_size: int = 32,
-    allowed_hosts: Sequence[str] = (),
     access_log: bool = True,
     threads: int | None = None,
+    **options,
 ) -> int:
-    """Load the adapters and serve them until interrupted."""
+    """Load the adapters and serve them until interrupted. `options` are AppSettings fields; `allowed_hosts`
+    here adds Host names to the loopback ones a loopback server accepts."""
     import uvicorn
 
-    for name, value in (("--max-texts", max_texts), ("--max-chars", max_chars), ("--batch-size", batch_size)):
+    settings = AppSettings(**options)
+    for name, value in (("--max-texts", settings.max_texts), ("--max-chars", settings.max_chars),
+                        ("--batch-size", settings.batch_size)):
         if value < 1:
             raise UserError(f"{name} must be at least 1")
-    api_key = api_key or os.environ.get(API_KEY_ENV) or None
+    api_key = settings.api_key or os.environ.get(API_KEY_ENV) or None
     sock = _bind(host, port)  # before loading the model: a busy port fails fast
     with sock:
         _set_threads(threads)
@@ -573,10 +577,8 @@ def serve(
                                    model_dir=model_dir, device=device)
         if use:
             predictor.use(use)
-        hosts = [*LOOPBACK_HOSTS, host, *allowed_hosts] if is_loopback(host) else None
-        app = create_app(predictor, api_key=api_key, adapter_root=adapter_root, max_texts=max_texts,
-                         max_chars=max_chars, max_body_bytes=max_body_bytes, batch_wait_ms=batch_wait_ms,
-                         batch_size=batch_size, allowed_hosts=hosts)
+        hosts = [*LOOPBACK_HOSTS, host, *(settings.allowed_hosts or ())] if is_loopback(host) else None
+        app = create_app(predictor, settings, api_key=api_key, allowed_hosts=hosts)
         warning = exposure_warning(host, api_key)
         if warning:
             logger.warning(warning)
