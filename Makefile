@@ -9,7 +9,7 @@ DEMO := .demo
 # anything else shares the cores (measured: 2.8 s vs 69 s for the same 3-epoch run beside one busy process).
 TINY_ENV := OMP_NUM_THREADS=1
 
-.PHONY: install demo test lint bench loadtest clean
+.PHONY: install demo test chromium lint bench loadtest clean
 
 install: $(STAMP)
 
@@ -31,9 +31,22 @@ demo: $(STAMP)
 	$(BIN)/weibo-sentiment predict --adapter $(DEMO)/adapter \
 		--text "这部电影太好看了，我非常喜欢！[哈哈]" --text "服务态度差，价格又贵，完全不推荐[怒]"
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/ruff check weibo_sentiment tests benchmarks train.py predict.py
 	WEIBO_SHARED=$(SHARED) $(TINY_ENV) $(BIN)/pytest
+
+# The web page's test (tests/test_browser.py) drives a real headless Chromium, and a missing browser must fail
+# the run, never skip it. Debian's package (about a minute) is installed when we are root; otherwise we stop
+# with what to install, rather than let pytest fail minutes later.
+chromium:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	else \
+		echo "make test needs Chromium for tests/test_browser.py: install Debian's chromium package" \
+			"(sudo apt-get install chromium), then run make test again" >&2; \
+		exit 1; \
+	fi
 
 # Ours vs the original recipe (training, inference, ONNX Runtime fp32/int8) on the uer-shaped model and real
 # Weibo rows, <= 15 min on 2 cores: writes benchmarks/results/summary.json and summary.md.

@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     from weibo_sentiment.output import write_json
 
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    write_json(report, args.output)
+    write_json(report, args.output, kind="loadtest")
     lat = report["latency_ms"]
     print(f"{report['requests']} requests ({report['texts']} texts) in {report['elapsed_s']} s: "
           f"{report['requests_per_s']} requests/s, {report['texts_per_s']} texts/s; "

@@ -176,7 +176,9 @@ def test_per_row_routing_equals_single_adapter_runs(sample_adapter, second_adapt
     # The four binary rows of two adapters share one mixed-batch pass; the 10-class rows, of one adapter,
     # get a plain pass of their own.
     assert len(calls) == 2
-    assert sorted(calls[0]) == ["one", "one", "two", "two"] and calls[1] is None
+    # PEFT sees each adapter's internal key, not the user's name.
+    assert sorted(calls[0]) == sorted(predictor.key(n) for n in ["one", "one", "two", "two"])
+    assert calls[1] is None
 
     with pytest.raises(UserError, match=r"^row 2: unknown adapter 'x' \(loaded: one, two, cats\)$"):
         predictor.predict_routed(TEXTS[:2], ["one", "x"])
@@ -231,13 +233,13 @@ def test_add_remove_and_hot_swap_without_reloading_the_base(sample_adapter, seco
 
     predictor.remove_adapter("task")
     assert predictor.default == "sent" and list(predictor.adapters) == ["sent"]
-    assert "task" not in predictor.model.peft_config
+    assert set(predictor.model.peft_config) == {predictor.key("sent")}
     with pytest.raises(UserError, match=r"^unknown adapter 'task' \(loaded: sent\)$"):
         predictor.predict(TEXTS, "task")
-    for bad in ("half", "a.b", "lo"):
-        with pytest.raises(UserError, match=rf"^adapter name '{bad}' cannot be used \(a dot, a PyTorch module "
-                                            r"attribute, or part of 'lora_'\); name it with --adapter NAME="):
-            predictor.add_adapter(bad, second_adapter)
+    for name in ("half", "a.b", "lo"):  # PyTorch attributes, dots, parts of `lora_`: PEFT never sees them
+        predictor.add_adapter(name, second_adapter)
+        np.testing.assert_allclose(predictor.predict_proba(TEXTS, name), single(second_adapter), atol=1e-5)
+        predictor.remove_adapter(name)
     with pytest.raises(UserError, match=r"^cannot remove 'sent': it is the only adapter loaded$"):
         predictor.remove_adapter("sent")
     np.testing.assert_allclose(predictor.predict_proba(TEXTS), single(sample_adapter), atol=1e-5)

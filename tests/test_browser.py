@@ -167,3 +167,22 @@ def test_server_errors_are_shown_on_the_page(page, site):
     message = page.wait_for("document.getElementById('error').textContent", "the error message")
     assert message == "出错了 / Error: texts[0] has 101 characters; the limit is 100"
     assert page.eval("document.querySelectorAll('#results .result').length") == 0
+
+
+def test_page_names_the_base_model_by_its_folder_only(page, site):
+    page.send("Page.navigate", url=site + "/")
+    base = page.wait_for("document.getElementById('base').textContent", "the base model line")
+    assert base == "基座模型 / Base model: tiny"  # not the directory it lies in on the server
+
+
+def test_api_docs_render_offline(page, site):
+    """Swagger UI's script and style come from the server itself (fastapi-offline's copies), so /docs renders
+    its operations with no network beyond the server; from a CDN it stayed blank offline."""
+    page.send("Page.navigate", url=site + "/docs")
+    paths = page.wait_for("(() => { const p = [...document.querySelectorAll('.opblock-summary-path')]"
+                          ".map(e => e.textContent.replace(/\\u200b/g, '')); return p.length >= 6 && p; })()",
+                          "Swagger UI to render the operations")
+    assert {"/v1/predict", "/v1/adapters", "/v1/adapters/{name}", "/v1/default", "/healthz"} <= set(paths)
+    assert page.eval("document.querySelector('.swagger-ui .info .title').textContent").startswith("weibo-sentiment")
+    resources = page.eval("performance.getEntriesByType('resource').map(r => r.name)")
+    assert resources and all(r.startswith(site) for r in resources), resources

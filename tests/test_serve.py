@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 
 from weibo_sentiment.errors import UserError
 from weibo_sentiment.inference import Predictor
-from weibo_sentiment.serving import LOOPBACK_HOSTS, create_app, exposure_warning, running
+from weibo_sentiment.serving import LOOPBACK_HOSTS, create_app, exposure_warning, public_model_name, running
 
 from .conftest import ROOT
 
@@ -126,7 +126,8 @@ def test_predict_uses_the_named_adapter(server):
 
 def test_adapters_lists_names_labels_and_base_model(server, predictor):
     body = server.get("/v1/adapters").json()
-    assert body["base_model"] == str(predictor.base_model)
+    assert Path(predictor.base_model).is_absolute()
+    assert body["base_model"] == "tiny"  # the folder's name, not where it lies on the server's disk
     assert body["default"] == "sample"
     assert body["adapters"] == [
         {"name": "sample", "label_names": ["negative", "positive"], "revision": 1, "default": True},
@@ -134,16 +135,39 @@ def test_adapters_lists_names_labels_and_base_model(server, predictor):
     ]
 
 
+def test_public_model_name_keeps_hub_ids_and_hides_directories(tmp_path):
+    assert public_model_name("uer/gpt2-chinese-cluecorpussmall") == "uer/gpt2-chinese-cluecorpussmall"
+    assert public_model_name("gpt2") == "gpt2"
+    assert public_model_name("/home/me/models/gpt2-chinese/") == "gpt2-chinese"
+    assert public_model_name("../models/tiny") == "tiny"
+    assert public_model_name("~/models/tiny") == "tiny"
+    assert public_model_name("C:\\models\\tiny") == "tiny"
+    (tmp_path / "models" / "base").mkdir(parents=True)
+    os.chdir(tmp_path)  # a relative path that exists is a directory, though it reads like a hub id
+    try:
+        assert public_model_name("models/base") == "base"
+    finally:
+        os.chdir(ROOT)
+
+
 def test_healthz(server):
     body = server.get("/healthz").json()
-    assert (body["status"], body["adapters"], body["pending"]) == ("ok", 2, 0)
+    assert (body["status"], body["adapters"], body["pending"], body["pending_texts"]) == ("ok", 2, 0, 0)
+    assert (body["max_queue"], body["dropped_requests"], body["dropped_texts"]) == (2048, 0, 0)
     assert isinstance(body["model_calls"], int)
 
 
 def test_openapi_docs_and_page_are_served(server):
     schema = server.get("/openapi.json").json()
     assert {"/v1/predict", "/v1/adapters", "/v1/adapters/{name}", "/healthz"} <= set(schema["paths"])
-    assert "swagger" in server.get("/docs").text.lower()
+    docs = server.get("/docs").text
+    assert "swagger" in docs.lower()
+    # Swagger UI's assets come from this server (fastapi-offline's copies), not from a CDN: /docs works offline.
+    assert "http:" not in docs and "https:" not in docs and "cdn" not in docs.lower()
+    for asset in re.findall(r'(?:src|href)="(/[^"]+)"', docs):
+        reply = server.get(asset)
+        assert reply.status_code == 200 and len(reply.content) > 1000, asset
+    assert "/static-offline-docs/swagger-ui-bundle.js" in docs
     page = server.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert 'id="texts"' in page.text and 'id="adapter"' in page.text
@@ -157,7 +181,7 @@ def test_onnx_backend_serves_the_same_answers(sample_adapter, predictor, tmp_pat
     with running(create_app(onnx)) as url, httpx.Client(base_url=url, timeout=60) as client:
         body = client.post("/v1/predict", json={"texts": TEXTS}).json()
         listed = client.get("/v1/adapters").json()
-    assert (body["adapter"], listed["base_model"]) == ("sample", str(predictor.base_model))
+    assert (body["adapter"], listed["base_model"]) == ("sample", "tiny")
     assert_close(probs(body), expected(predictor, "sample", TEXTS), tolerance=1e-4)
     with pytest.raises(UserError, match="^--adapter-root needs --backend torch: an ONNX export holds one"):
         create_app(onnx, adapter_root=tmp_path)
@@ -307,7 +331,8 @@ def test_a_failing_request_does_not_fail_the_others_in_its_batch(predictor):
 # ---- API key ---------------------------------------------------------------------------------------------
 def test_every_request_needs_the_api_key_when_one_is_set(predictor):
     with running(create_app(predictor, api_key="s3cret")) as url, httpx.Client(base_url=url) as client:
-        for path in ("/", "/healthz", "/v1/adapters", "/docs", "/openapi.json"):
+        for path in ("/", "/healthz", "/v1/adapters", "/docs", "/openapi.json",
+                     "/static-offline-docs/swagger-ui-bundle.js"):
             reply = client.get(path)
             assert reply.status_code == 401, path
             assert reply.json()["error"].startswith("this server needs an API key")
@@ -322,6 +347,7 @@ def test_every_request_needs_the_api_key_when_one_is_set(predictor):
             reply = client.post("/v1/predict", json={"texts": ["好"]}, headers=good)
             assert reply.status_code == 200, good
             assert client.get("/", headers=good).status_code == 200
+            assert client.get("/static-offline-docs/swagger-ui.css", headers=good).status_code == 200
 
 
 # ---- adapter management under --adapter-root -------------------------------------------------------------
@@ -401,11 +427,18 @@ def test_a_loopback_server_refuses_foreign_host_headers(predictor):
             assert client.get("/healthz", headers={"host": host}).status_code == 200, host
 
 
-def test_exposure_warning_only_for_all_interfaces():
-    assert exposure_warning("127.0.0.1", None) is None
-    assert exposure_warning("::1", None) is None
-    assert exposure_warning("0.0.0.0", None).endswith("can use the API; consider --api-key")
+def test_exposure_warning_for_every_address_but_loopback():
+    for loopback in ("127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost"):
+        assert exposure_warning(loopback, None) is None, loopback
+    assert exposure_warning("0.0.0.0", None) == ("warning: listening on all interfaces (0.0.0.0): anyone who can "
+                                                 "reach this machine can use the API; consider --api-key")
     assert exposure_warning("::", "key").endswith("can use the API")
+    assert exposure_warning("192.168.1.20", None) == (
+        "warning: listening on 192.168.1.20, not a loopback address: anyone who can reach that address can use "
+        "the API; consider --api-key")
+    assert exposure_warning("fd00::5", "key") == ("warning: listening on fd00::5, not a loopback address: anyone "
+                                                  "who can reach that address can use the API")
+    assert exposure_warning("myhost.lan", None).startswith("warning: listening on myhost.lan, not a loopback")
 
 
 def test_serve_refuses_a_busy_port(cli, sample_adapter):

@@ -15,7 +15,7 @@ from safetensors import safe_open
 from .adapter_io import RUN_FILE, SAVE_DTYPES, WEIGHTS_FILE, package_versions, read_run
 from .errors import UserError
 from .inference import Predictor, parse_adapter_specs
-from .modeling import DEFAULT_MODEL_DIR, atomic_dir
+from .modeling import DEFAULT_MODEL_DIR, atomic_dir, base_inputs, check_output_dir
 from .training import save_adapter
 
 logger = logging.getLogger(__name__)
@@ -23,7 +23,6 @@ logger = logging.getLogger(__name__)
 COMBINE_METHODS = ("linear", "cat", "ties", "dare_ties", "svd")
 # Methods that add the adapters' A and B matrices element-wise, so every adapter must have the same rank.
 SAME_RANK_METHODS = ("linear", "ties", "dare_ties")
-COMBINED = "__combined__"
 MERGE_FILE = "weibo_sentiment_merge.json"
 # GPT-2 has no segment embedding: given token_type_ids it adds their word embeddings to every position, so a
 # merged model's tokenizer must not produce them (BERT's tokenizer does by default).
@@ -59,8 +58,8 @@ def combine(
     specs = _specs(adapters)
     if len(specs) < 2:
         raise UserError("combine needs at least two adapters (--adapter NAME=DIR, repeated)")
-    if COMBINED in specs:
-        raise UserError(f"the adapter name {COMBINED!r} is reserved; pick another")
+    inputs = [*(("the --adapter directory", path) for path in specs.values()), *base_inputs(base_model)]
+    check_output_dir(output, "adapter", inputs)  # before loading and combining
     if method not in COMBINE_METHODS:
         raise UserError(f"unknown combination method {method!r} (choose from {', '.join(COMBINE_METHODS)})")
     if save_dtype not in SAVE_DTYPES:
@@ -97,11 +96,14 @@ def combine(
     predictor = Predictor.from_adapters(specs, base_model=base_model, model_dir=model_dir, device="cpu")
     model = predictor.model
     wrapper = model.base_model.model.score
-    heads = [wrapper.modules_to_save[name].weight.detach().clone() for name in names]
+    # PEFT holds the adapters under internal keys, never under the user's names (see Predictor.key).
+    keys = [predictor.key(name) for name in names]
+    combined = predictor.fresh_key()
+    heads = [wrapper.modules_to_save[key].weight.detach().clone() for key in keys]
     # PEFT refuses to combine adapters that each save the same module (our `score` head) and would not
     # combine the heads anyway: keep one head (the active one), drop the others, combine the heads ourselves.
-    for name in names[1:]:
-        wrapper.delete_adapter(name, new_active_adapters=[first])
+    for key in keys[1:]:
+        wrapper.delete_adapter(key, new_active_adapters=[keys[0]])
 
     options: dict = {}
     if method in ("ties", "dare_ties"):
@@ -110,15 +112,15 @@ def combine(
         options.update(svd_rank=svd_rank, svd_full_matrices=False)
     torch.manual_seed(seed)  # dare_ties drops weights at random
     with torch.no_grad():
-        model.add_weighted_adapter(names, weights, COMBINED, combination_type=method, **options)
-        if COMBINED not in wrapper.modules_to_save:
-            wrapper.update(COMBINED)
+        model.add_weighted_adapter(keys, weights, combined, combination_type=method, **options)
+        if combined not in wrapper.modules_to_save:
+            wrapper.update(combined)
         head = sum(w * h for w, h in zip(weights, heads, strict=True))
-        wrapper.modules_to_save[COMBINED].weight.copy_(head)
-    model.set_adapter(COMBINED)
+        wrapper.modules_to_save[combined].weight.copy_(head)
+    model.set_adapter(combined)
 
-    config = model.peft_config[COMBINED]
-    lora_params, head_params = _count(model, COMBINED)
+    config = model.peft_config[combined]
+    lora_params, head_params = _count(model, combined)
     base = runs[first]
     run = {
         "base_model": base["base_model"],
@@ -142,7 +144,8 @@ def combine(
         },
         "versions": package_versions(),
     }
-    out = save_adapter(model, predictor.tokenizer, run, output, save_dtype, adapter_name=COMBINED)
+    out = save_adapter(model, predictor.tokenizer, run, output, save_dtype, adapter_name=combined,
+                       inputs=[*inputs, ("the base model", predictor.base_dir)])
     logger.info("combined %s (%s, weights %s) into %s", ", ".join(names), method,
                 ", ".join(f"{w:g}" for w in weights), out)
     return out
@@ -171,15 +174,17 @@ def merge(
 ) -> Path:
     """Merge an adapter into its base and write a standalone model directory (safetensors, config with
     `id2label`, tokenizer) that plain `transformers` loads without PEFT."""
-    adapter = Path(adapter)
+    adapter, output = Path(adapter), Path(output)
+    inputs = [("the --adapter directory", adapter), *base_inputs(base_model)]
+    check_output_dir(output, "merged", inputs)  # before loading and merging
     predictor = Predictor.from_adapters({"adapter": adapter}, base_model=base_model, model_dir=model_dir,
                                         device="cpu")
     info = predictor.adapters["adapter"]
     model = predictor.model.merge_and_unload()
     model.config.id2label = dict(enumerate(info.label_names))
     model.config.label2id = {name: i for i, name in enumerate(info.label_names)}
-    output = Path(str(output).rstrip("/"))
-    with atomic_dir(output) as tmp:
+    inputs.append(("the base model", predictor.base_dir))
+    with atomic_dir(output, kind="merged", inputs=inputs) as tmp:
         model.save_pretrained(str(tmp))
         predictor.tokenizer.save_pretrained(str(tmp))
         # `model_input_names` set on a loaded tokenizer is not saved; as an init argument it is.

@@ -82,7 +82,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         eval_batch_size=args.eval_batch_size, epochs=args.epochs,
         max_steps=args.max_steps, max_length=args.max_length, warmup_ratio=args.warmup_ratio, seed=args.seed,
         precision=args.precision, save_dtype=args.save_dtype, checkpoint_dir=args.checkpoint_dir,
-        resume=args.resume, keep_checkpoints=args.keep_checkpoints,
+        save_steps=args.save_steps, resume=args.resume, restart=args.restart, keep_checkpoints=args.keep_checkpoints,
     )
     result = train(config)
     best = result.run["best"]
@@ -98,8 +98,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .data import load_labelled
     from .evaluation import evaluate
     from .inference import Predictor
-    from .output import write_json
+    from .output import check_output_file, write_json
 
+    if args.json:  # before any model work: a refused path should not cost a full evaluation
+        check_output_file(args.json, "metrics", inputs=[args.data])
     predictor = Predictor.from_adapters([args.adapter], base_model=args.base_model, model_dir=args.model_dir,
                                         device=args.device)
     info = predictor.adapters[predictor.default]
@@ -110,7 +112,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                       progress=sys.stderr.isatty())
     print(format_report(report))
     if args.json:
-        write_json(report, args.json)
+        write_json(report, args.json, inputs=[args.data])
         print(f"Metrics written to {args.json}")
     elif args.print_json:
         print(json.dumps(report, ensure_ascii=False))
@@ -153,7 +155,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.use:
         predictor.use(args.use)
     if args.text:
-        for pred in predictor.predict(args.text, batch_size=args.batch_size):
+        preds = predictor.predict(args.text, batch_size=args.batch_size)
+        _report_truncated(predictor, preds)
+        for pred in preds:
             print(f"{pred.text}\n{result_line(pred)}")
         return 0
     if args.input:
@@ -173,6 +177,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report_truncated(predictor, preds) -> None:
+    """Warn how many texts were longer than their adapter's max length, which prediction cuts them to."""
+    from .inference import count_truncated
+
+    by_length: dict[int, list[str]] = {}
+    for pred in preds:
+        by_length.setdefault(predictor.adapters[pred.adapter].max_length, []).append(pred.text)
+    for max_length, texts in sorted(by_length.items()):
+        if n := count_truncated(predictor.tokenizer, texts, max_length):
+            logger.warning("%d text(s) longer than %d tokens were truncated to %d", n, max_length, max_length)
+
+
 def _predict_file(predictor, args: argparse.Namespace) -> int:
     from .data import read_texts
     from .output import write_table
@@ -182,12 +198,15 @@ def _predict_file(predictor, args: argparse.Namespace) -> int:
     if "adapter" in extras:  # route each row to the adapter its `adapter` cell names (blank: --use's)
         preds = predictor.predict_routed(texts, extras["adapter"], batch_size=args.batch_size,
                                          progress=sys.stderr.isatty())
+        _report_truncated(predictor, preds)
         rows = [{"adapter": p.adapter, **p.as_row()} for p in preds]
         columns = list(dict.fromkeys(k for row in rows for k in row))  # adapters may have other label sets
-        write_table(({k: row.get(k) for k in columns} for row in rows), args.output, args.format)
+        write_table(({k: row.get(k) for k in columns} for row in rows), args.output, args.format,
+                    inputs=[args.input])
     else:
         preds = predictor.predict(texts, batch_size=args.batch_size, progress=sys.stderr.isatty())
-        write_table((p.as_row() for p in preds), args.output, args.format)
+        _report_truncated(predictor, preds)
+        write_table((p.as_row() for p in preds), args.output, args.format, inputs=[args.input])
     if args.output and str(args.output) != "-":
         print(f"{len(preds)} predictions written to {args.output}", file=sys.stderr)
     return 0
@@ -250,7 +269,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                  api_key=args.api_key, adapter_root=args.adapter_root,
                  max_texts=args.max_texts, max_chars=args.max_chars, max_body_bytes=args.max_body_bytes,
                  batch_wait_ms=args.batch_wait_ms, batch_size=args.batch_size, allowed_hosts=args.allow_host,
-                 threads=args.threads)
+                 threads=args.threads, max_queue=args.max_queue)
 
 
 def cmd_combine(args: argparse.Namespace) -> int:
@@ -330,8 +349,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "kernels (1.36x fp32's samples/s on a 2-core Xeon with AMX)")
     p.add_argument("--save-dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                    help="dtype of the saved adapter weights")
-    p.add_argument("--checkpoint-dir", help="where epoch checkpoints go (default: OUTPUT.checkpoints)")
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--checkpoint-dir",
+                   help="directory of this run's checkpoints, new or empty (default: OUTPUT.checkpoints); only the "
+                        "checkpoints it writes there are ever removed")
+    p.add_argument("--save-steps", type=int, default=500, metavar="N",
+                   help="write a checkpoint every N steps, and after each epoch's evaluation (default: 500)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the last complete checkpoint (same data and settings only)")
+    p.add_argument("--restart", action="store_true",
+                   help="discard the checkpoints of an earlier run in the checkpoint dir and start afresh")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep checkpoints after a successful run")
     p.set_defaults(func=cmd_train)
 
@@ -421,13 +447,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", default=None,
                    help="require this key on every request (default: $WEIBO_SENTIMENT_API_KEY, else none)")
     p.add_argument("--adapter-root", metavar="DIR",
-                   help="let POST/DELETE /v1/adapters load and unload adapters under DIR (default: off)")
+                   help="let POST/DELETE /v1/adapters load and unload adapters under DIR, and PUT /v1/default "
+                        "change the default one (default: off)")
     p.add_argument("--max-texts", type=int, default=256, help="texts per request (default: 256)")
     p.add_argument("--max-chars", type=int, default=2000, help="characters per text (default: 2000)")
     p.add_argument("--max-body-bytes", type=int, default=None,
                    help="request body size (default: enough for --max-texts texts of --max-chars characters)")
     p.add_argument("--batch-wait-ms", type=float, default=5.0,
                    help="how long a request waits for others to share its batch (default: 5)")
+    p.add_argument("--max-queue", type=int, default=2048, metavar="TEXTS",
+                   help="texts waiting for the model before new requests get 503 with Retry-After (default: "
+                        "2048, 8 full requests: ~2.6 s of work for the tiny model on 2 CPU cores, which served "
+                        "776 texts/s in `make loadtest`; the uer model on 2 CPU cores predicts ~17 texts/s, 2 "
+                        "minutes for 2048: lower it there, with --max-texts, e.g. both 64; at least --max-texts)")
     p.add_argument("--threads", type=int, help="CPU threads for the model (default: all cores but one)")
     p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                    help="extra Host header name to accept when listening on loopback (e.g. behind a proxy)")

@@ -10,6 +10,7 @@ import csv
 import hashlib
 import io
 import logging
+import math
 import re
 import sys
 from dataclasses import dataclass, field
@@ -94,34 +95,92 @@ def _delimiter(path: Path) -> str:
     return "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
 
 
+def shown(value: str) -> str:
+    """`value` on one line: line breaks and other unprintable characters as escapes (`\\n`, `\\u2028`)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in value)
+
+
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")  # what the csv module counts as a line (it reads universal newlines)
+
+
+def _unclosed_quote(record: str, delimiter: str) -> int | None:
+    """Where in `record` (the text from the start of a record to the end of the file) a quoted field opens
+    that no quote closes, or None. The csv module reads such a field to the end of the file, swallowing rows."""
+    i = 0
+    while (start := record.find('"', i)) >= 0:
+        i = start + 1
+        if start > 0 and record[start - 1] not in (delimiter, "\r", "\n"):
+            continue  # a quote inside an unquoted field is text, as the csv module reads it
+        while True:  # a quoted field: `""` is a quote, a lone `"` closes it
+            end = record.find('"', i)
+            if end < 0:
+                return start
+            i = end + 1
+            if not record.startswith('"', i):
+                break
+            i += 1
+    return None
+
+
 def read_table(path: str | Path, encoding: str = "utf-8") -> tuple[list[str], list[tuple[int, list[str]]], str]:
-    """Read a delimited file into (header, [(line_number, fields)], sha256 of the bytes)."""
+    """Read a delimited file into (header, [(line_number, fields)], sha256 of the bytes).
+
+    Quoted fields may hold line breaks; a quote that is never closed is an error naming the line it opens on.
+    """
     path = Path(path)
     _check_path(path)
     raw = path.read_bytes()
     text = _decode(path, raw, encoding)
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=_delimiter(path))
+    delimiter = _delimiter(path)
+    offset = 0  # where in `text` the lines read so far end
+
+    def lines():
+        nonlocal offset
+        for line in io.StringIO(text, newline=""):
+            offset += len(line)
+            yield line
+
+    def unclosed(line: int, at: int) -> UserError | None:
+        """The error for a quote left open in the record that starts on `line`, at `at` in `text`."""
+        opened = _unclosed_quote(text[at:], delimiter)
+        if opened is None:
+            return None
+        line += len(_LINE_BREAK.findall(text, at, at + opened))
+        return file_error(path, "a quote opens a field here but never closes, so every later line would be "
+                                "read into that field", line)
+
+    reader = csv.reader(lines(), delimiter=delimiter)
     rows: list[tuple[int, list[str]]] = []
     header: list[str] | None = None
+    start, at = 1, 0  # the line and the offset in `text` where the next record starts
+    last, blank = None, 0
     try:
-        start = 1
         for fields in reader:
             if header is None:
                 header = [h.strip() for h in fields]
             elif any(f.strip() for f in fields):
                 rows.append((start, fields))
-            start = reader.line_num + 1
-    except csv.Error as e:
-        raise file_error(path, f"malformed {path.suffix.lstrip('.') or 'CSV'}: {e}", reader.line_num) from None
+            else:
+                blank += 1
+            last = start, at
+            start, at = reader.line_num + 1, offset
+    except csv.Error as e:  # e.g. a field over the size limit: an unclosed quote is the likely cause
+        raise unclosed(start, at) or file_error(path, f"malformed {path.suffix.lstrip('.') or 'CSV'}: {e}",
+                                                reader.line_num) from None
+    if last is not None and (error := unclosed(*last)) is not None:  # only the last record can reach the end
+        raise error
     if header is None:
         raise file_error(path, "the file is empty (expected a header line)")
+    if blank:
+        logger.warning("%s: skipped %d blank line(s)", path, blank)
     return header, rows, hashlib.sha256(raw).hexdigest()
 
 
 def _column(path: Path, header: list[str], name: str, flag: str) -> int:
     if name not in header:
         raise file_error(
-            path, f"no column {name!r} (columns are {', '.join(header)}); pass {flag} to choose another", 1
+            path, f"no column {name!r} (columns are {shown(', '.join(header))}); pass {flag} to "
+            "choose another", 1
         )
     return header.index(name)
 
@@ -132,13 +191,14 @@ def _parse_label(path: Path, line: int, value: str, label_map: dict[str, int] | 
         raise file_error(path, "blank label", line)
     if label_map is not None:
         if value not in label_map:
-            raise file_error(path, f"label {value!r} is not one of {', '.join(label_map)}", line)
+            raise file_error(path, f"label {value!r} is not one of {shown(', '.join(label_map))}",
+                             line)
         return label_map[value]
     try:
         number = float(value)
     except ValueError:
         number = None
-    if number is None or number != int(number):
+    if number is None or not math.isfinite(number) or number != int(number):  # nan, inf, 1e400
         raise file_error(
             path,
             f"label {value!r} is not an integer (labels are 0..N-1; for text labels pass --label-names auto)",
@@ -264,11 +324,14 @@ def read_texts(path: str | Path, *, text_column: str = DEFAULT_TEXT_COLUMN, enco
                extra_columns: tuple[str, ...] = ()) -> tuple[list[str], dict[str, list[str]]]:
     """Texts to predict: `.txt` (one per line), CSV/TSV (the text column), or `-` for stdin (lines).
 
-    Returns the texts and any of `extra_columns` present in a table (e.g. a per-row `adapter`).
+    Lines end at a newline (`\n` or `\r\n`) only: a form feed or U+2028 inside a post stays in it. Blank lines
+    are skipped and counted in a warning. Returns the texts and any of `extra_columns` present in a table
+    (e.g. a per-row `adapter`).
     """
     if str(path) == "-":
-        lines = [clean_text(line) for line in sys.stdin.read().splitlines()]
-        return [t for t in lines if t], {}
+        stdin = getattr(sys.stdin, "buffer", None)  # bytes, decoded with --encoding like a file
+        text = _decode(Path("<stdin>"), stdin.read(), encoding) if stdin is not None else sys.stdin.read()
+        return _lines(Path("<stdin>"), text), {}
     path = Path(path)
     if path.suffix.lower() in (".csv", ".tsv", ".tab"):
         header, rows, _ = read_table(path, encoding)
@@ -287,9 +350,17 @@ def read_texts(path: str | Path, *, text_column: str = DEFAULT_TEXT_COLUMN, enco
             raise file_error(path, "has a header but no data rows", 1)
         return texts, extras
     _check_path(path)
-    raw = path.read_bytes()
-    lines = [clean_text(line) for line in _decode(path, raw, encoding).splitlines()]
-    texts = [t for t in lines if t]
+    return _lines(path, _decode(path, path.read_bytes(), encoding)), {}
+
+
+def _lines(path: Path, text: str) -> list[str]:
+    """One text per line, for `read_texts`."""
+    lines = text.split("\n")
+    if lines[-1] == "":  # the newline that ends the last line starts no line of its own
+        lines.pop()
+    texts = [t for t in map(clean_text, lines) if t]
     if not texts:
         raise file_error(path, "contains no text")
-    return texts, {}
+    if len(texts) < len(lines):
+        logger.warning("%s: skipped %d blank line(s)", path, len(lines) - len(texts))
+    return texts

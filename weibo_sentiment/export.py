@@ -22,7 +22,7 @@ import torch
 from .adapter_io import package_versions
 from .errors import UserError
 from .inference import AdapterInfo, Prediction, Predictor, parse_adapter_specs
-from .modeling import DEFAULT_MODEL_DIR, atomic_dir, load_tokenizer
+from .modeling import DEFAULT_MODEL_DIR, atomic_dir, base_inputs, check_output_dir, load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -113,14 +113,16 @@ def export_onnx(
     """Merge `adapter` into its base and write an ONNX export directory to `output` (atomically).
 
     With `int8`, the weights are quantized (see `quantize_int8`; `fp32_blocks` blocks stay fp32)."""
-    adapter = Path(adapter)
+    adapter, output = Path(adapter), Path(output)
+    inputs = [("the --adapter directory", adapter), *base_inputs(base_model)]
+    check_output_dir(output, "export", inputs)  # before loading and merging
     name = name or adapter.resolve().name or "adapter"
     predictor = Predictor.from_adapters({name: adapter}, base_model=base_model, model_dir=model_dir,
                                         device="cpu")
     info = predictor.adapters[name]
     model = predictor.model.merge_and_unload().eval()
-    output = Path(str(output).rstrip("/"))
-    with atomic_dir(output) as tmp:
+    inputs.append(("the base model", predictor.base_dir))
+    with atomic_dir(output, kind="export", inputs=inputs) as tmp:
         _trace(model, predictor.tokenizer, tmp / MODEL_FILE)
         quantization = None
         if int8:
@@ -153,11 +155,13 @@ def export_onnx(
 
 def quantize_export(source: str | Path, output: str | Path, fp32_blocks: int | None = None) -> Path:
     """An int8 copy of an fp32 export directory (what `export --int8` writes, without tracing again)."""
-    source, output = Path(source), Path(str(output).rstrip("/"))
+    source, output = Path(source), Path(output)
+    inputs = [("the source export", source)]
+    check_output_dir(output, "export", inputs)
     meta = read_export(source)
     if meta.get("precision") != "fp32":
         raise UserError(f"{source}: holds a {meta.get('precision')} export; quantize an fp32 one")
-    with atomic_dir(output) as tmp:
+    with atomic_dir(output, kind="export", inputs=inputs) as tmp:
         for f in source.iterdir():
             if f.name != MODEL_FILE and f.is_file():
                 shutil.copy2(f, tmp / f.name)

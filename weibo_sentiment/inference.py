@@ -56,27 +56,37 @@ class AdapterInfo:
         return int(self.run.get("max_length", 128))
 
 
-def usable_name(name: str) -> bool:
-    """Whether PEFT can hold an adapter under `name` (see Predictor._check)."""
-    return bool(name) and "." not in name and not hasattr(torch.nn.ModuleDict, name) and name not in "lora_"
-
-
 def parse_adapter_specs(specs: Iterable[str | Path]) -> dict[str, Path]:
-    """`NAME=DIR` or a bare `DIR` (named after its folder) → {name: dir}, in the given order."""
+    """`NAME=DIR` or a bare `DIR` (named after its folder) → {name: dir}, in the given order.
+
+    A spec that is an existing path is always a bare `DIR`, even with a `=` in it (`runs/lr=5e-4/adapter`).
+    """
     adapters: dict[str, Path] = {}
     for spec in specs:
         spec = str(spec)
         name, sep, path = spec.partition("=")
-        if not sep:
-            name, path = Path(spec.rstrip("/")).name, spec
-            if not usable_name(name):  # a folder called `a` or `to`: the user chose no name, so pick one
-                name = f"adapter{len(adapters) + 1}"
+        if not sep or Path(spec).exists():
+            path = spec
+            name = Path(spec.rstrip("/")).name or Path(spec).resolve().name or f"adapter{len(adapters) + 1}"
         if not name:
             raise UserError(f"--adapter {spec!r}: the adapter name is empty")
         if name in adapters:
             raise UserError(f"--adapter {spec!r}: the name {name!r} is given twice")
         adapters[name] = Path(path)
     return adapters
+
+
+def count_truncated(tokenizer, texts: Sequence[str], max_length: int) -> int:
+    """How many of `texts` are longer than `max_length` tokens, so that prediction sees only their start.
+
+    A WordPiece token covers at least one character and [CLS] and [SEP] take two places, so only texts of
+    more than `max_length - 2` characters need tokenizing.
+    """
+    long = [t for t in texts if len(t) + 2 > max_length]
+    if not long:
+        return 0
+    ids = tokenizer(long, truncation=True, max_length=max_length + 1, return_attention_mask=False)["input_ids"]
+    return sum(len(x) > max_length for x in ids)
 
 
 def default_device() -> torch.device:
@@ -114,6 +124,11 @@ class Predictor:
         self.tokenizer = load_tokenizer(self.base_dir)
         self.fingerprint = base_fingerprint(self.base_dir)
         self.adapters: dict[str, AdapterInfo] = {}
+        # PEFT matches adapter names inside parameter keys by substring, and keeps them as ModuleDict keys, so
+        # a user's name (`a`, `lo`, `to`, `half`, `x__incoming`) never reaches it: each adapter is held under
+        # an internal key of its own (see `fresh_key`), and every PEFT call goes through `key(name)`.
+        self._keys: dict[str, str] = {}
+        self._next_key = 0
         self.default: str | None = None
         self.model: PeftModel | None = None
         self._lock = threading.RLock()
@@ -147,13 +162,21 @@ class Predictor:
             predictor.add_adapter(name, path, check_base=base_model is None)
         return predictor
 
+    def key(self, name: str) -> str:
+        """The internal key PEFT holds the adapter `name` under."""
+        self._require(name)
+        return self._keys[name]
+
+    def fresh_key(self) -> str:
+        """A PEFT adapter key that no adapter uses: `ws0_`, `ws1_`, ... (no dot, no module attribute, not part
+        of `lora_` or of a GPT-2 module name, and none is a substring of another)."""
+        key = f"ws{self._next_key}_"
+        self._next_key += 1
+        return key
+
     def _check(self, name: str, path: Path, check_base: bool) -> AdapterInfo:
-        # PEFT keeps adapters in torch ModuleDicts: a name with a dot, or one such as `half` or `to` that is
-        # a module attribute, cannot be a key there; and PEFT finds LoRA weights by the prefix `lora_`, so a
-        # name that is part of it (`a`, `lo`) may load wrongly.
-        if not usable_name(name):
-            raise UserError(f"adapter name {name!r} cannot be used (a dot, a PyTorch module attribute, or part "
-                            f"of 'lora_'); name it with --adapter NAME={path}")
+        if not isinstance(name, str) or not name:
+            raise UserError(f"adapter name {name!r} is empty; name it with --adapter NAME={path}")
         run = read_run(path)
         if check_base and run.get("base_fingerprint") not in (None, self.fingerprint):
             raise UserError(
@@ -171,33 +194,40 @@ class Predictor:
         info = self._check(name, path, check_base)
         with self._lock:
             self._unmerge()
+            key = self.fresh_key()  # a hot swap loads beside the old weights, then drops them
             if self.model is None:
                 base = load_classifier(self.base_dir, info.label_names, self.tokenizer)
-                self.model = PeftModel.from_pretrained(base, str(path), adapter_name=name)
+                self.model = PeftModel.from_pretrained(base, str(path), adapter_name=key)
                 self.model.to(self.device).eval()
-            elif name in self.adapters:
-                staging = f"{name}__incoming"
-                self._load(staging, info)
-                self.model.delete_adapter(name)
-                self._load(name, info)
-                self.model.delete_adapter(staging)
             else:
-                self._load(name, info)
+                try:
+                    self._load(key, info)
+                except BaseException:
+                    if key in self.model.peft_config:
+                        self.model.delete_adapter(key)
+                    heads = self.model.base_model.model.score.modules_to_save
+                    if key in heads:
+                        del heads[key]
+                    raise
+            old = self._keys.get(name)
+            self._keys[name] = key
             self.adapters[name] = info
             self.default = self.default or name
-            self.model.set_adapter(self.default)
+            self.model.set_adapter(self.key(self.default))
+            if old is not None:  # deleted once inactive, so PEFT need not pick another active adapter
+                self.model.delete_adapter(old)
         logger.info("adapter %r loaded from %s (labels: %s)", name, path, ", ".join(info.label_names))
         return info
 
-    def _load(self, name: str, info: AdapterInfo) -> None:
+    def _load(self, key: str, info: AdapterInfo) -> None:
         # PEFT copies the base's `score` for a new adapter; a task with another label count needs a head of
         # its own shape, which PEFT then fills from the adapter's weights instead of copying.
         wrapper = self.model.base_model.model.score
         hidden = wrapper.original_module.in_features
         if len(info.label_names) != wrapper.original_module.out_features:
             head = torch.nn.Linear(hidden, len(info.label_names), bias=False)
-            wrapper.modules_to_save[name] = head.to(self.device)
-        self.model.load_adapter(str(info.path), adapter_name=name, is_trainable=False)
+            wrapper.modules_to_save[key] = head.to(self.device)
+        self.model.load_adapter(str(info.path), adapter_name=key, is_trainable=False)
         self.model.to(self.device)
 
     def remove_adapter(self, name: str) -> None:
@@ -206,11 +236,12 @@ class Predictor:
             self._unmerge()
             if len(self.adapters) == 1:
                 raise UserError(f"cannot remove {name!r}: it is the only adapter loaded")
-            self.model.delete_adapter(name)
+            key = self._keys.pop(name)
             del self.adapters[name]
             if self.default == name:
                 self.default = next(iter(self.adapters))
-            self.model.set_adapter(self.default)
+            self.model.set_adapter(self.key(self.default))
+            self.model.delete_adapter(key)  # once inactive, so PEFT need not pick another active adapter
 
     def use(self, name: str) -> None:
         """Make `name` the adapter used when none is named."""
@@ -218,7 +249,7 @@ class Predictor:
             self._require(name)
             self._unmerge()
             self.default = name
-            self.model.set_adapter(name)
+            self.model.set_adapter(self.key(name))
 
     def _unmerge(self) -> None:
         if self._merged is not None:
@@ -230,9 +261,9 @@ class Predictor:
         if self._merged == name:
             return  # PEFT's set_adapter would unmerge it again
         self._unmerge()
-        self.model.set_adapter(name)
+        self.model.set_adapter(self.key(name))
         if self.merge_single and len(self.adapters) == 1:
-            self.model.merge_adapter([name])
+            self.model.merge_adapter([self.key(name)])
             self._merged = name
 
     def _require(self, name: str) -> AdapterInfo:
@@ -310,7 +341,7 @@ class Predictor:
                 batch = self.tokenizer.pad({"input_ids": [ids[i] for i in rows]}, return_tensors="pt")
                 batch = {k: v.to(self.device) for k, v in batch.items()}
                 if not single:
-                    batch["adapter_names"] = [adapter_names[i] for i in rows]
+                    batch["adapter_names"] = [self._keys[adapter_names[i]] for i in rows]
                 logits = self.model(**batch).logits
                 probs[rows] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
             if single and self.default:

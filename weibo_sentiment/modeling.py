@@ -14,7 +14,7 @@ import shutil
 import socket
 import tempfile
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -54,6 +54,64 @@ TINY_CONFIG = {**UER_CONFIG, "n_embd": 128, "n_head": 4, "n_layer": 2, "n_positi
 PRESETS = {"uer": UER_CONFIG, "tiny": TINY_CONFIG}
 
 
+# What marks a directory as an artefact of this package, per kind of output: only such a directory is ever
+# replaced (deleted) by a command that writes that kind. Anything else is the user's and is never touched.
+OUTPUT_KINDS = {
+    "adapter": ("an adapter directory written by weibo-sentiment", ("run.json", "adapter_config.json")),
+    "merged": ("a merged model written by weibo-sentiment", ("weibo_sentiment_merge.json",)),
+    "export": ("an ONNX export written by weibo-sentiment", ("export.json",)),
+    "base": ("a base model written by weibo-sentiment", (SOURCE_FILE,)),
+}
+
+Inputs = Iterable[tuple[str, str | Path | None]]
+
+
+def base_inputs(base_model: str | Path | None, model_dir: str | Path | None = None) -> list[tuple[str, Path]]:
+    """The base model directory a command reads, as an `inputs` entry for `check_output_dir`."""
+    if base_model is not None and Path(base_model).exists():
+        return [("the --base-model directory", Path(base_model))]
+    return [("the --model-dir base model", Path(model_dir))] if model_dir is not None else []
+
+
+def check_output_dir(target: str | Path, kind: str, inputs: Inputs = (), option: str = "--output") -> None:
+    """Refuse (UserError) to write a `kind` output at `target` unless that cannot destroy anything of the user's.
+
+    Allowed: a missing path, an empty directory, or an earlier output of this package of the same `kind`
+    (see OUTPUT_KINDS) — and never the current directory, one of the command's `inputs` ((description, path)
+    pairs) or a directory holding one of them. `option` names the flag to change in the message.
+    """
+    if kind not in OUTPUT_KINDS:
+        raise ValueError(f"unknown output kind {kind!r}")
+    what, markers = OUTPUT_KINDS[kind]
+    target = Path(target)
+    resolved = target.resolve()
+    cwd = Path.cwd().resolve()
+    keep = f"and will not be overwritten; choose another {option}"
+    if resolved == cwd:
+        raise UserError(f"{target}: is the current directory {keep}")
+    if resolved in cwd.parents:
+        raise UserError(f"{target}: holds the current directory {keep}")
+    for description, path in inputs:
+        if path is None:
+            continue
+        source = Path(path).resolve()
+        if resolved == source:
+            raise UserError(f"{target}: is this command's input ({description}) {keep}")
+        if resolved in source.parents:
+            raise UserError(f"{target}: holds this command's input {path} ({description}) {keep}")
+    if target.is_symlink():
+        raise UserError(f"{target}: is a symbolic link and will not be replaced; choose another {option}, "
+                        "or remove it yourself")
+    if target.exists() and not target.is_dir():
+        raise UserError(f"{target}: already exists and is not a directory; choose another {option}, "
+                        "or remove it yourself")
+    if not target.exists() or not any(target.iterdir()):
+        return
+    if not all((target / m).is_file() for m in markers):
+        raise UserError(f"{target}: already exists and is not {what}; choose another {option}, "
+                        "or remove it yourself")
+
+
 def _atomic_dir(target: Path) -> Path:
     """A fresh temporary directory beside `target`, to be renamed onto it with `replace_dir`."""
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -65,19 +123,27 @@ def _atomic_dir(target: Path) -> Path:
 
 
 @contextmanager
-def atomic_dir(target: Path) -> Iterator[Path]:
+def atomic_dir(target: Path, *, kind: str, inputs: Inputs = (), option: str = "--output") -> Iterator[Path]:
     """A fresh temporary directory beside `target` to fill; when the block completes it replaces `target`, when
-    it fails (or is interrupted) it is removed and `target` is left as it was."""
+    it fails (or is interrupted) it is removed and `target` is left as it was.
+
+    `target` must pass `check_output_dir(target, kind, inputs, option)`, checked before and again after the
+    block: only an empty directory or an earlier output of the same kind is ever replaced."""
+    inputs = list(inputs)
+    check_output_dir(target, kind, inputs, option)
     tmp = _atomic_dir(target)
     try:
         yield tmp
+        check_output_dir(target, kind, inputs, option)  # the block may have run for minutes
         replace_dir(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 def replace_dir(tmp: Path, target: Path) -> None:
-    """Move a completed directory onto `target`; an existing `target` is replaced, never half-written."""
+    """Move a completed directory onto `target`; an existing `target` is replaced, never half-written.
+
+    The old `target` is deleted: callers go through `atomic_dir`, whose check allows only our own artefacts."""
     old = None
     if target.exists():
         old = target.with_name(f".{target.name}.old-{os.getpid()}")
@@ -121,6 +187,9 @@ def init_model(
 ) -> Path:
     """Write a GPT-2 with random weights, its config and a BERT tokenizer, in Hugging Face format."""
     output = Path(output)
+    inputs = [("the --vocab file", vocab_file), ("the --vocab-from-data file", vocab_from_data),
+              ("the --config file", config_file)]
+    check_output_dir(output, "base", inputs)  # before building a vocabulary from data
     if config_file is not None:
         try:
             shape = json.loads(Path(config_file).read_text(encoding="utf-8"))
@@ -144,7 +213,7 @@ def init_model(
     if missing:
         raise UserError(f"the vocabulary lacks the special tokens {', '.join(missing)}")
 
-    with atomic_dir(output) as tmp:
+    with atomic_dir(output, kind="base", inputs=inputs) as tmp:
         (tmp / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
         tokenizer = BertTokenizer(vocab=str(tmp / "vocab.txt"), do_lower_case=False)
         tokenizer.model_max_length = shape.get("n_positions", 1024)
@@ -155,6 +224,9 @@ def init_model(
         torch.manual_seed(seed)
         model = GPT2LMHeadModel(config)
         model.save_pretrained(tmp, safe_serialization=True)
+        # The mark of a base model written by this package (see OUTPUT_KINDS); no "base_model" key: not a download.
+        source = {"init_model": preset if config_file is None else "custom", "seed": seed}
+        (tmp / SOURCE_FILE).write_text(json.dumps(source) + "\n")
     n = sum(p.numel() for p in model.transformer.parameters())
     logger.info("wrote a random %s GPT-2 (%.1fM parameters, vocabulary %d) to %s", preset, n / 1e6, len(vocab), output)
     return output
@@ -195,16 +267,25 @@ def _hub_unreachable() -> str | None:
 
     if constants.HF_HUB_OFFLINE:
         return "HF_HUB_OFFLINE is set"
-    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    endpoint = constants.ENDPOINT  # HF_ENDPOINT, read when huggingface_hub was imported
+    url = urlparse(endpoint)
     try:
-        socket.create_connection((host, 443), timeout=5).close()
+        # The port the hub client will use: the endpoint's own, else its scheme's (a mirror may be plain http).
+        port = url.port or {"http": 80, "https": 443}.get(url.scheme)
+    except ValueError:
+        port = None
+    if not url.hostname or not port:
+        return f"HF_ENDPOINT {endpoint!r} is not an http:// or https:// URL"
+    try:
+        socket.create_connection((url.hostname, port), timeout=5).close()
     except OSError as e:
-        return f"cannot connect to {host}: {e.strerror or e}"
+        return f"cannot connect to {endpoint}: {e.strerror or e}"
     return None
 
 
 def download_base_model(hub_id: str, model_dir: Path) -> Path:
-    """Download `hub_id` (model + tokenizer) once and save it under `model_dir`."""
+    """Download `hub_id` (model + tokenizer) once and save it under `model_dir` as safetensors, with the special
+    token ids set from the tokenizer (the upstream config has none, so transformers would assume 50256)."""
     reason = _hub_unreachable()
     if reason:
         raise UserError(
@@ -212,21 +293,54 @@ def download_base_model(hub_id: str, model_dir: Path) -> Path:
             "pass --base-model DIR with a local model directory (e.g. one written by "
             "`weibo-sentiment init-model`)"
         )
+    from huggingface_hub import try_to_load_from_cache
+
     logger.info("downloading %s into %s (once)", hub_id, model_dir)
-    with atomic_dir(model_dir) as tmp:
-        try:
-            tokenizer = BertTokenizer.from_pretrained(hub_id)
-            model = GPT2LMHeadModel.from_pretrained(hub_id)
-        except OSError as e:
-            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise UserError(
-                f"base model {hub_id!r} is not in {model_dir} and could not be downloaded ({reason[:160]}); "
-                "pass --base-model DIR with a local model directory (e.g. one written by "
-                "`weibo-sentiment init-model`)"
-            ) from None
-        tokenizer.save_pretrained(tmp)
-        model.save_pretrained(tmp, safe_serialization=True)
-        (tmp / SOURCE_FILE).write_text(json.dumps({"base_model": hub_id}) + "\n")
+    # The hub client logs every HTTP request at INFO; our one line above says what happens.
+    http_loggers = [logging.getLogger(name) for name in ("httpx", "httpx2")]
+    levels = [log.level for log in http_loggers]
+    # The upstream repository has only pytorch_model.bin: transformers would then start a thread that asks a
+    # conversion service (outside the hub endpoint) to open a safetensors pull request upstream. We save
+    # safetensors ourselves.
+    conversion = os.environ.get("DISABLE_SAFETENSORS_CONVERSION")
+    os.environ["DISABLE_SAFETENSORS_CONVERSION"] = "1"
+    try:
+        for log in http_loggers:
+            log.setLevel(logging.WARNING)
+        with atomic_dir(model_dir, kind="base", option="--model-dir") as tmp:
+            try:
+                tokenizer = BertTokenizer.from_pretrained(hub_id)
+                model = GPT2LMHeadModel.from_pretrained(hub_id)
+            except (OSError, ValueError) as e:
+                # transformers wraps network errors in a generic "Can't load the model" message: the cause says more.
+                cause = e.__cause__ if e.__cause__ is not None and str(e.__cause__) else e
+                reason = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+                if cause is not e:
+                    reason = f"{type(cause).__name__}: {reason}"
+                raise UserError(
+                    f"base model {hub_id!r} is not in {model_dir} and could not be downloaded ({reason[:200]}); "
+                    "pass --base-model DIR with a local model directory (e.g. one written by "
+                    "`weibo-sentiment init-model`)"
+                ) from None
+            if tokenizer.model_max_length > model.config.n_positions:  # no tokenizer_config.json upstream
+                tokenizer.model_max_length = model.config.n_positions
+            for config in (model.config, model.generation_config):
+                for key, value in _special_ids(tokenizer).items():
+                    setattr(config, key, value)
+            tokenizer.save_pretrained(tmp)
+            # The tokenizer saves tokenizer.json only; keep the upstream vocab.txt too, as init-model does.
+            vocab = try_to_load_from_cache(hub_id, "vocab.txt")
+            if isinstance(vocab, str) and not (tmp / "vocab.txt").exists():
+                shutil.copyfile(vocab, tmp / "vocab.txt")
+            model.save_pretrained(tmp, safe_serialization=True)
+            (tmp / SOURCE_FILE).write_text(json.dumps({"base_model": hub_id}) + "\n")
+    finally:
+        for log, level in zip(http_loggers, levels):
+            log.setLevel(level)
+        if conversion is None:
+            os.environ.pop("DISABLE_SAFETENSORS_CONVERSION", None)
+        else:
+            os.environ["DISABLE_SAFETENSORS_CONVERSION"] = conversion
     return model_dir
 
 
