@@ -18,15 +18,9 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
+from weibo_sentiment.checkpoints import COMPLETE_FILE, MARKER_FILE, checkpoint_complete, last_complete_checkpoint
 from weibo_sentiment.errors import UserError
-from weibo_sentiment.training import (
-    COMPLETE_FILE,
-    MARKER_FILE,
-    TrainConfig,
-    checkpoint_complete,
-    last_complete_checkpoint,
-    train,
-)
+from weibo_sentiment.training import TrainConfig, train
 
 from .conftest import ROOT, SAMPLE
 

@@ -1,0 +1,244 @@
+"""Training checkpoints that lose nothing: a checkpoint directory owned by one run (a marker file says whose),
+a step checkpoint every `--save-steps`, only complete checkpoints resumed (the Trainer writes a checkpoint in place,
+file by file, so a killed process leaves a partial one), and `--resume` only for the same data and settings.
+
+Nothing here deletes what a run did not write: a directory holding anything else is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from transformers import TrainerCallback
+
+from .adapter_io import base_fingerprint
+from .errors import UserError
+
+if TYPE_CHECKING:
+    from .training import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+MARKER_FILE = "weibo_sentiment_checkpoints.json"  # in the checkpoint dir: whose checkpoints these are
+COMPLETE_FILE = "weibo_sentiment_complete.json"  # in a checkpoint-N: written last, lists every file and its size
+_CHECKPOINT = re.compile(r"checkpoint-(\d+)")
+# What must match to resume, in the order a refusal names them.
+_IDENTITY_NAMES = {
+    "data_sha256": "training data (sha256)", "validation_data_sha256": "validation data (sha256)",
+    "text_column": "--text-column", "label_column": "--label-column", "encoding": "--encoding",
+    "label_names": "label names", "base_fingerprint": "base model (fingerprint)", "lr": "--lr",
+    "batch_size": "--batch-size", "epochs": "--epochs", "max_steps": "--max-steps", "warmup_ratio": "--warmup-ratio",
+    "weight_decay": "weight decay", "seed": "--seed", "validation_split": "--validation-split",
+    "max_length": "--max-length", "lora_r": "--lora-r", "lora_alpha": "--lora-alpha", "lora_dropout": "--lora-dropout",
+    "target_modules": "--target-modules", "precision": "precision",
+}
+_EXTENSIBLE = {"epochs", "max_steps"}  # a finished run kept with --keep-checkpoints may be resumed to train longer
+
+
+def _checkpoint_folders(root: Path) -> list[Path]:
+    """`checkpoint-N` folders in `root`, by N."""
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and _CHECKPOINT.fullmatch(p.name)]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def checkpoint_complete(folder: Path) -> bool:
+    """True when `folder` was written to the end: its completion record exists (the Trainer writes a checkpoint in
+    place, file by file, so a process killed mid-save leaves a partial folder) and every file it lists is there with
+    the recorded size."""
+    try:
+        files = json.loads((folder / COMPLETE_FILE).read_text(encoding="utf-8"))["files"]
+        json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+        return bool(files) and all((folder / name).stat().st_size == size for name, size in files.items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def last_complete_checkpoint(root: Path) -> Path | None:
+    complete = [p for p in _checkpoint_folders(root) if checkpoint_complete(p)]
+    return complete[-1] if complete else None
+
+
+def _write_json_atomic(path: Path, value: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _remove_checkpoint(folder: Path) -> None:
+    (folder / COMPLETE_FILE).unlink(missing_ok=True)  # first: a half-removed folder must not look complete
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def inspect_checkpoint_dir(checkpoints: Path, config: TrainConfig) -> dict | None:
+    """Refuse a checkpoint dir this run may not use, before any model work; return its marker, if any."""
+    if config.resume and config.restart:
+        raise UserError("--resume continues the checkpoints' run and --restart discards them: pass one of them")
+    if checkpoints.exists() and not checkpoints.is_dir():
+        raise UserError(f"--checkpoint-dir {checkpoints} is a file, not a directory")
+    ours = {MARKER_FILE, MARKER_FILE + ".tmp"}
+    entries = list(checkpoints.iterdir()) if checkpoints.is_dir() else []
+    foreign = sorted(p.name for p in entries
+                     if p.name not in ours and not (p.is_dir() and _CHECKPOINT.fullmatch(p.name)))
+    marker_path = checkpoints / MARKER_FILE
+    if not foreign and _checkpoint_folders(checkpoints) and not marker_path.is_file():
+        foreign = [p.name for p in _checkpoint_folders(checkpoints)]  # checkpoints, but not of a weibo-sentiment run
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise UserError(f"--checkpoint-dir {checkpoints} holds files that are not this run's checkpoints ({shown}); "
+                        f"checkpoints need a directory of their own: choose a new or empty one")
+    if checkpoints.resolve() in Path(config.output).resolve().parents:
+        raise UserError(f"--output {config.output} is inside --checkpoint-dir {checkpoints}, which must hold "
+                        f"checkpoints only: choose another --checkpoint-dir")
+    if not entries:
+        if config.resume:
+            raise UserError(f"--resume: no checkpoint in {checkpoints} to resume from")
+        return None
+    marker = None
+    if marker_path.is_file():
+        try:
+            marker = json.loads(marker_path.read_text(encoding="utf-8"))
+            marker["identity"]  # noqa: B018 (a marker without an identity is not ours)
+        except (ValueError, KeyError, TypeError):
+            raise UserError(f"{marker_path}: not a valid weibo-sentiment checkpoint record; "
+                            f"remove the directory {checkpoints} or choose another --checkpoint-dir") from None
+    folders = _checkpoint_folders(checkpoints)
+    last = last_complete_checkpoint(checkpoints)
+    if config.resume and last is None:
+        raise UserError(f"--resume: no checkpoint in {checkpoints} to resume from")
+    if folders and not config.resume and not config.restart:
+        earlier = "a finished run (kept with --keep-checkpoints)" if marker.get("completed") else "an interrupted run"
+        if last is None:
+            raise UserError(f"--checkpoint-dir {checkpoints} holds only incomplete checkpoints of {earlier}; "
+                            f"pass --restart to discard them and start afresh")
+        raise UserError(f"--checkpoint-dir {checkpoints} holds checkpoints of {earlier} (up to {last.name}); "
+                        f"pass --resume to continue it or --restart to discard them and start afresh")
+    return marker
+
+
+def run_identity(config: TrainConfig, files: dict, label_names: list[str], base_dir: Path, precision: str) -> dict:
+    validation = files.get("validation")
+    return {
+        "data_sha256": files["train"]["sha256"],
+        "validation_data_sha256": validation["sha256"] if validation else None,
+        "text_column": config.text_column, "label_column": config.label_column, "encoding": config.encoding,
+        "label_names": list(label_names), "base_fingerprint": base_fingerprint(base_dir),
+        "lr": config.lr, "batch_size": config.batch_size, "epochs": config.epochs, "max_steps": config.max_steps,
+        "warmup_ratio": config.warmup_ratio, "weight_decay": config.weight_decay, "seed": config.seed,
+        "validation_split": None if validation else config.validation_split, "max_length": config.max_length,
+        "lora_r": config.lora_r, "lora_alpha": config.lora_alpha, "lora_dropout": config.lora_dropout,
+        "target_modules": list(config.target_modules), "precision": precision,
+    }
+
+
+def _shown(key: str, value) -> str:
+    if value is None:
+        return "none" if key != "validation_data_sha256" else "none (split off --data)"
+    if key.endswith("sha256"):
+        return value[:12]
+    if isinstance(value, list):
+        return " ".join(map(str, value))
+    return str(value)
+
+
+def claim_checkpoint_dir(checkpoints: Path, marker: dict | None, identity: dict, config: TrainConfig) -> Path | None:
+    """Check that `--resume` continues the same run, discard what `--restart` asks to, and record this run in the
+    marker. Returns the checkpoint to resume from."""
+    resume_from = None
+    if config.resume:
+        old = marker["identity"]
+        differ = [k for k in _IDENTITY_NAMES if old.get(k) != identity.get(k)]
+        if marker.get("completed") and set(differ) <= _EXTENSIBLE:
+            differ = []  # training a finished run further: the schedule is the new length's
+        if differ:
+            what = "; ".join(f"{_IDENTITY_NAMES[k]} was {_shown(k, old.get(k))}, now {_shown(k, identity.get(k))}"
+                             for k in differ)
+            raise UserError(f"--resume: the checkpoints in {checkpoints} are of a different run ({what}); "
+                            f"resume with the same data and settings, or pass --restart to discard them")
+        resume_from = last_complete_checkpoint(checkpoints)
+        for folder in _checkpoint_folders(checkpoints):
+            if int(folder.name.split("-")[1]) > int(resume_from.name.split("-")[1]):
+                logger.warning("%s is incomplete (the run was stopped while writing it); removing it", folder)
+                _remove_checkpoint(folder)
+        logger.info("resuming from %s", resume_from)
+    elif marker is not None:
+        if config.restart:
+            logger.warning("--restart: discarding the checkpoints in %s", checkpoints)
+        for folder in _checkpoint_folders(checkpoints):
+            _remove_checkpoint(folder)
+    created = marker.get("created_dir", False) if marker is not None else not checkpoints.exists()
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    _write_json_atomic(checkpoints / MARKER_FILE, {"tool": "weibo-sentiment", "created_dir": created,
+                                                   "completed": False, "identity": identity})
+    return resume_from
+
+
+def release_checkpoint_dir(checkpoints: Path, keep: bool) -> None:
+    """After a successful run: keep the checkpoints (marked finished) or remove exactly what this run wrote."""
+    marker_path = checkpoints / MARKER_FILE
+    marker = json.loads(marker_path.read_text(encoding="utf-8"))
+    if keep:
+        _write_json_atomic(marker_path, {**marker, "completed": True})
+        return
+    for folder in _checkpoint_folders(checkpoints):
+        _remove_checkpoint(folder)
+    marker_path.unlink()
+    marker_path.with_name(MARKER_FILE + ".tmp").unlink(missing_ok=True)
+    if marker.get("created_dir") and not any(checkpoints.iterdir()):
+        checkpoints.rmdir()
+
+
+class CheckpointKeeper(TrainerCallback):
+    """Step checkpoints every `save_steps`, and one after each epoch's evaluation; a completion record in each; only
+    the latest checkpoint and the best epoch's are kept.
+
+    The Trainer would save at an epoch's last step before evaluating it: a run resumed from that checkpoint would
+    start the next epoch and never evaluate this one. So that save is moved after the evaluation.
+    """
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_save and (float(state.epoch).is_integer() or state.global_step >= state.max_steps):
+            control.should_save = False  # the end of an epoch (or of training): saved after its evaluation
+        return control
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        control.should_save = True
+        return control
+
+    def on_save(self, args, state, control, **kwargs):
+        root = Path(args.output_dir)
+        folder = root / f"checkpoint-{state.global_step}"
+        files = {}
+        for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != COMPLETE_FILE):
+            with path.open("rb") as f:
+                os.fsync(f.fileno())
+            files[path.relative_to(folder).as_posix()] = path.stat().st_size
+        _write_json_atomic(folder / COMPLETE_FILE, {"global_step": state.global_step, "files": files})
+        evals = [e for e in state.log_history if "eval_macro_f1" in e]
+        keep = {folder.name}
+        if evals:
+            keep.add(f"checkpoint-{max(evals, key=lambda e: e['eval_macro_f1'])['step']}")
+        for old in _checkpoint_folders(root):
+            if old.name not in keep and int(old.name.split("-")[1]) < state.global_step:
+                _remove_checkpoint(old)
+        return control
+
+
+def load_checkpoint_weights(model, folder: Path) -> None:
+    """Put the adapter weights of the checkpoint `folder` into `model`."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    result = set_peft_model_state_dict(model, load_file(str(folder / "adapter_model.safetensors")))
+    if result.unexpected_keys:
+        raise RuntimeError(f"{folder}: unexpected adapter weights {result.unexpected_keys[:3]}")
