@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -371,10 +372,12 @@ def train(config: TrainConfig, callbacks: list | None = None) -> TrainResult:
 
 
 def save_adapter(model, tokenizer, run: dict, output: str | Path, save_dtype: str = "float32",
-                 adapter_name: str = "default", inputs: Inputs = ()) -> Path:
+                 adapter_name: str = "default", inputs: Inputs = (),
+                 extras: Callable[[Path], None] | None = None) -> Path:
     """Write adapter + tokenizer + run.json to a temporary directory, then rename it onto `output`.
 
-    `output` may only be new, empty or an earlier adapter, and none of `inputs` (see `check_output_dir`)."""
+    `output` may only be new, empty or an earlier adapter, and none of `inputs` (see `check_output_dir`).
+    `extras(tmp)` may add files (pictures, reports) to the directory before it is renamed into place."""
     output = Path(output)
     with atomic_dir(output, kind="adapter", inputs=inputs) as tmp:
         model.save_pretrained(str(tmp), selected_adapters=[adapter_name])
@@ -385,6 +388,8 @@ def save_adapter(model, tokenizer, run: dict, output: str | Path, save_dtype: st
         cast_weights(tmp, save_dtype)
         tokenizer.save_pretrained(str(tmp))
         write_run(tmp, {**run, "save_dtype": save_dtype})
+        if extras is not None:
+            extras(tmp)
     return output
 
 
