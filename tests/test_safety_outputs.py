@@ -121,19 +121,23 @@ def test_init_model_into_the_folder_of_its_vocabulary_data_is_refused(tmp_path, 
 
 
 # ---- the current directory -----------------------------------------------------------------------------------
-@pytest.mark.parametrize("command", ["init-model", "train", "combine", "merge", "export"])
-def test_output_dot_is_refused(tmp_path, cli, monkeypatch, real_vocab, tiny_base, sample_adapter, command):
-    work = tmp_path / "work"
-    work.mkdir()
-    write(work / "notes.txt", "keep me\n")
-    monkeypatch.chdir(work)
-    args = {
+def _args(command, real_vocab, tiny_base, sample_adapter):
+    return {
         "init-model": ["--vocab", real_vocab],
         "train": ["--data", SAMPLE, "--base-model", tiny_base, *TRAIN_FAST],
         "combine": ["--adapter", f"one={sample_adapter}", "--adapter", f"two={sample_adapter}"],
         "merge": ["--adapter", sample_adapter],
         "export": ["--adapter", sample_adapter],
     }[command]
+
+
+@pytest.mark.parametrize("command", ["init-model", "train", "combine", "merge", "export"])
+def test_output_dot_is_refused(tmp_path, cli, monkeypatch, real_vocab, tiny_base, sample_adapter, command):
+    work = tmp_path / "work"
+    work.mkdir()
+    write(work / "notes.txt", "keep me\n")
+    monkeypatch.chdir(work)
+    args = _args(command, real_vocab, tiny_base, sample_adapter)
     before = snapshot(tmp_path)
     r = cli(command, *args, "--output", ".")
     refused(r, ".: is the current directory and will not be overwritten; choose another --output")
@@ -145,16 +149,6 @@ def test_output_dot_is_refused(tmp_path, cli, monkeypatch, real_vocab, tiny_base
 # ---- someone else's directory or file, or our own output of another kind -------------------------------------
 WHAT = {"init-model": "a base model", "train": "an adapter directory", "combine": "an adapter directory",
         "merge": "a merged model", "export": "an ONNX export"}
-
-
-def _args(command, real_vocab, tiny_base, sample_adapter):
-    return {
-        "init-model": ["--vocab", real_vocab],
-        "train": ["--data", SAMPLE, "--base-model", tiny_base, *TRAIN_FAST],
-        "combine": ["--adapter", f"one={sample_adapter}", "--adapter", f"two={sample_adapter}"],
-        "merge": ["--adapter", sample_adapter],
-        "export": ["--adapter", sample_adapter],
-    }[command]
 
 
 @pytest.mark.parametrize("command", ["init-model", "train", "combine", "merge", "export"])
