@@ -9,7 +9,7 @@ DEMO := .demo
 # anything else shares the cores (measured: 2.8 s vs 69 s for the same 3-epoch run beside one busy process).
 TINY_ENV := OMP_NUM_THREADS=1
 
-.PHONY: install demo test chromium lint bench loadtest clean
+.PHONY: install demo test system-deps lint bench loadtest clean
 
 install: $(STAMP)
 
@@ -31,20 +31,24 @@ demo: $(STAMP)
 	$(BIN)/weibo-sentiment predict --adapter $(DEMO)/adapter \
 		--text "这部电影太好看了，我非常喜欢！[哈哈]" --text "服务态度差，价格又贵，完全不推荐[怒]"
 
-test: $(STAMP) chromium
+test: $(STAMP) system-deps
 	$(BIN)/ruff check weibo_sentiment tests benchmarks train.py predict.py
 	WEIBO_SHARED=$(SHARED) $(TINY_ENV) $(BIN)/pytest
 
-# The web page's test (tests/test_browser.py) drives a real headless Chromium, and a missing browser must fail
-# the run, never skip it. Debian's package (about a minute) is installed when we are root; otherwise we stop
-# with what to install, rather than let pytest fail minutes later.
-chromium:
-	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+# What the tests need beyond Python, from Debian's packages; a missing one must fail the run, never skip a test:
+# chromium (about a minute) for the web page's test in a real headless browser (tests/test_browser.py), and a font
+# with CJK glyphs (fonts-wqy-microhei, 1.6 MB) for pictures with Chinese label names (tests/test_plots.py; users
+# need none: without one the pictures show label ids). Installed when we are root; otherwise we stop with what to
+# install, rather than let pytest fail minutes later.
+system-deps:
+	@missing=""; \
+	command -v chromium >/dev/null || command -v chromium-browser >/dev/null || missing="$$missing chromium"; \
+	fc-list :lang=zh 2>/dev/null | grep -q . || missing="$$missing fonts-wqy-microhei"; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
 	else \
-		echo "make test needs Chromium for tests/test_browser.py: install Debian's chromium package" \
-			"(sudo apt-get install chromium), then run make test again" >&2; \
+		echo "make test needs Debian's packages$$missing: sudo apt-get install$$missing, then run make test again" >&2; \
 		exit 1; \
 	fi
 

@@ -128,7 +128,8 @@ def test_combine_accepts_any_names_and_writes_a_plain_adapter(cli, tmp_path, sam
     with torch.no_grad():
         batch = tokenizer(TEXTS, padding=True, return_tensors="pt")
         probs = torch.softmax(model(**batch).logits, dim=-1).numpy()
-    np.testing.assert_allclose(probs, single(sample_adapter), atol=1e-5)
+    raw = Predictor.from_adapters([sample_adapter], device="cpu", calibrated=False).predict_proba(TEXTS)
+    np.testing.assert_allclose(probs, raw, atol=1e-5)  # plain PEFT applies no temperature
 
 
 def test_combine_python_api_with_names_peft_cannot_hold(tmp_path, sample_adapter, other_adapter):

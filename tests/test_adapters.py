@@ -378,6 +378,12 @@ def test_adapters_info(cli, sample_adapter, tiny_base):
         "max length  128 tokens",
         f"best        accuracy {best['accuracy']:.4f}, macro-F1 {best['macro_f1']:.4f} "
         f"(validation, epoch {best['epoch']:g})",
+        # What the model card (README.md) also shows, when run.json has it.
+        *([f"stripped    accuracy {run['validation_stripped']['accuracy']:.4f}, macro-F1 "
+           f"{run['validation_stripped']['macro_f1']:.4f} (validation, emoticons removed)"]
+          if run.get("validation_stripped") else []),
+        *([f"calibrated  temperature {run['temperature']:.4g} (predict, evaluate and serve divide the logits by it)"]
+          if run.get("temperature") is not None else []),
     ]
     as_json = json.loads(cli("adapters", "info", sample_adapter, "--json").out)
     assert as_json["label_names"] == ["negative", "positive"] and as_json["file_bytes"] == size

@@ -75,7 +75,7 @@ def test_export_is_self_contained(tmp_path, adapter_copy, unmerged):
     meta = read_export(out)
     assert meta["label_names"] == ["negative", "positive"] and meta["precision"] == "fp32"
     assert meta["max_length"] == 128
-    assert sorted(p.name for p in out.iterdir()) == sorted([EXPORT_FILE, MODEL_FILE, "tokenizer.json",
+    assert sorted(p.name for p in out.iterdir()) == sorted([EXPORT_FILE, MODEL_FILE, "README.md", "tokenizer.json",
                                                              "tokenizer_config.json"])
     preds = OnnxPredictor(out).predict(TEXTS[:3])
     expected = unmerged.predict(TEXTS[:3])

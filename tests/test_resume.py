@@ -67,18 +67,21 @@ def one_thread():
         torch.set_num_threads(threads)
 
 
-def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_base, cli, caplog):
+# With --emoticon-dropout the texts drawn in the second epoch must be the same ones, emoticons stripped or not.
+@pytest.mark.parametrize("dropout", ["0", "0.5"])
+def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_base, cli, caplog, dropout):
     from weibo_sentiment.data import load_labelled
     from weibo_sentiment.inference import Predictor
 
     ck = tmp_path / "killed.ck"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    args = [sys.executable, "-c", STALLING_CLI, *map(str, train_args(tiny_base, tmp_path / "resumed", ck))]
+    p = ("--emoticon-dropout", dropout)
+    args = [sys.executable, "-c", STALLING_CLI, *map(str, train_args(tiny_base, tmp_path / "resumed", ck, *p))]
     log = (tmp_path / "killed.log").open("w")  # a file, not a pipe: a full pipe would stop the run
     killed = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         with one_thread():  # the uninterrupted run, meanwhile
-            reference = cli(*train_args(tiny_base, tmp_path / "ref", tmp_path / "ref.ck"))
+            reference = cli(*train_args(tiny_base, tmp_path / "ref", tmp_path / "ref.ck", *p))
         assert reference.code == 0, reference.err
         # A complete checkpoint in the second epoch (after step 27): the resumed run must reproduce the second
         # epoch's batch order and the dropout masks from the middle of it.
@@ -98,7 +101,7 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_base, cl
     caplog.clear()
     caplog.set_level(logging.INFO, logger="weibo_sentiment")
     with one_thread():
-        resumed = cli(*train_args(tiny_base, tmp_path / "resumed", ck, "--resume"))
+        resumed = cli(*train_args(tiny_base, tmp_path / "resumed", ck, *p, "--resume"))
     assert resumed.code == 0, resumed.err
     assert f"resuming from {ck / 'checkpoint-30'}" in caplog.messages
     assert not ck.exists() and not (tmp_path / "ref.ck").exists()  # both runs created their checkpoint dirs
@@ -106,6 +109,8 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_base, cl
     ref_run, resumed_run = (json.loads((tmp_path / d / "run.json").read_text()) for d in ("ref", "resumed"))
     assert resumed_run["epochs"] == ref_run["epochs"]
     assert [e["epoch"] for e in resumed_run["epochs"]] == [1.0, 2.0]
+    assert resumed_run["training"]["emoticon_dropout"] == ref_run["training"]["emoticon_dropout"] == float(dropout)
+    assert resumed_run["validation_stripped"] == ref_run["validation_stripped"]
     texts = load_labelled(HELDOUT).texts
     predictor = Predictor.from_adapters({"ref": tmp_path / "ref", "resumed": tmp_path / "resumed"},
                                         base_model=tiny_base, device="cpu")

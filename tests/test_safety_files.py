@@ -86,3 +86,15 @@ def test_library_writers_check_kind_and_inputs(tmp_path):
     with pytest.raises(UserError, match="is not a predictions file"):
         check_output_file(binary, "predictions")
     assert Path(binary).read_bytes() == bytes(range(256))
+
+
+def test_result_files_get_the_users_usual_permissions(tmp_path):
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        out = tmp_path / "p.jsonl"
+        write_table([{"text": "x", "label": 1, "label_name": "positive", "confidence": 0.9}], out)
+        assert out.stat().st_mode & 0o777 == 0o644  # not mkstemp's private 0600
+    finally:
+        os.umask(umask)

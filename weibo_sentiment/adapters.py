@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -15,7 +16,8 @@ from safetensors import safe_open
 from .adapter_io import RUN_FILE, SAVE_DTYPES, WEIGHTS_FILE, package_versions, read_run
 from .errors import UserError
 from .inference import Predictor, parse_adapter_specs
-from .modeling import DEFAULT_MODEL_DIR, atomic_dir, base_inputs, check_output_dir
+from .model_card import merged_card, write_card
+from .modeling import DEFAULT_MODEL_DIR, atomic_dir, base_inputs, check_output_dir, save_tokenizer
 from .training import save_adapter
 
 logger = logging.getLogger(__name__)
@@ -24,9 +26,6 @@ COMBINE_METHODS = ("linear", "cat", "ties", "dare_ties", "svd")
 # Methods that add the adapters' A and B matrices element-wise, so every adapter must have the same rank.
 SAME_RANK_METHODS = ("linear", "ties", "dare_ties")
 MERGE_FILE = "weibo_sentiment_merge.json"
-# GPT-2 has no segment embedding: given token_type_ids it adds their word embeddings to every position, so a
-# merged model's tokenizer must not produce them (BERT's tokenizer does by default).
-MODEL_INPUT_NAMES = ["input_ids", "attention_mask"]
 
 
 def _specs(adapters: Mapping[str, str | Path] | Sequence[str | Path]) -> dict[str, Path]:
@@ -121,6 +120,7 @@ def combine(
 
     config = model.peft_config[combined]
     lora_params, head_params = _count(model, combined)
+    temperature = _combined_temperature([predictor.adapters[n].temperature for n in names], weights)
     base = runs[first]
     run = {
         "base_model": base["base_model"],
@@ -132,6 +132,7 @@ def combine(
         "lora": {"r": config.r, "alpha": config.lora_alpha, "dropout": config.lora_dropout,
                  "target_modules": sorted(config.target_modules)},
         "trainable_parameters": lora_params + head_params,
+        "temperature": temperature,
         "combination": {
             "method": method,
             "adapters": [{"name": n, "path": str(specs[n].resolve()), "weight": w, "r": ranks[n],
@@ -141,6 +142,8 @@ def combine(
             "seed": seed,
             "head": "weighted sum of the adapters' classifier heads with the same weights "
                     "(the label sets are identical)",
+            "temperature": "weighted geometric mean of the adapters' temperatures (weights |w| / sum |w|), not "
+                           "refitted: combine sees no labelled data; one adapter's or equal ones stay exact",
         },
         "versions": package_versions(),
     }
@@ -149,6 +152,15 @@ def combine(
     logger.info("combined %s (%s, weights %s) into %s", ", ".join(names), method,
                 ", ".join(f"{w:g}" for w in weights), out)
     return out
+
+
+def _combined_temperature(temperatures: Sequence[float], weights: Sequence[float]) -> float:
+    """exp(sum |w_i| log T_i / sum |w_i|): T of a combination with itself, or with weight 0 for all others, is
+    exact; 1 (uncalibrated) when every weight is 0."""
+    total = sum(abs(w) for w in weights)
+    if total == 0:
+        return 1.0
+    return round(math.exp(sum(abs(w) * math.log(t) for w, t in zip(weights, temperatures, strict=True)) / total), 6)
 
 
 def _count(model, adapter_name: str) -> tuple[int, int]:
@@ -181,23 +193,29 @@ def merge(
                                         device="cpu")
     info = predictor.adapters["adapter"]
     model = predictor.model.merge_and_unload()
+    # GPT-2's `score` head has no bias, so dividing its weight by the adapter's temperature T divides the logits
+    # by T exactly: a plain `transformers` pipeline then gives the calibrated probabilities every other path
+    # gives. Recorded (config and MERGE_FILE) so that nothing divides by T a second time.
+    temperature = info.temperature
+    with torch.no_grad():
+        model.score.weight.div_(temperature)
+    model.config.weibo_sentiment_temperature = temperature
     model.config.id2label = dict(enumerate(info.label_names))
     model.config.label2id = {name: i for i, name in enumerate(info.label_names)}
     inputs.append(("the base model", predictor.base_dir))
     with atomic_dir(output, kind="merged", inputs=inputs) as tmp:
         model.save_pretrained(str(tmp))
-        predictor.tokenizer.save_pretrained(str(tmp))
-        # `model_input_names` set on a loaded tokenizer is not saved; as an init argument it is.
-        tokenizer_config = tmp / "tokenizer_config.json"
-        settings = json.loads(tokenizer_config.read_text(encoding="utf-8"))
-        settings["model_input_names"] = MODEL_INPUT_NAMES
-        tokenizer_config.write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n",
-                                    encoding="utf-8")
+        save_tokenizer(predictor.tokenizer, tmp)  # a plain pipeline's tokenizer must emit no token_type_ids
         provenance = {"adapter": str(adapter.resolve()), "base_model": info.run["base_model"],
                       "base_fingerprint": info.run.get("base_fingerprint"), "label_names": info.label_names,
-                      "max_length": info.max_length, "versions": package_versions()}
+                      "max_length": info.max_length,
+                      "temperature": temperature,
+                      "temperature_applied": "score.weight is divided by it: the logits are already calibrated",
+                      "versions": package_versions()}
         (tmp / MERGE_FILE).write_text(json.dumps(provenance, indent=2, ensure_ascii=False) + "\n",
                                       encoding="utf-8")
+        folded = getattr(model.config, "weibo_sentiment_temperature", None) is not None  # T already in the head
+        write_card(tmp, merged_card(info.run, output, adapter, calibrated_weights=folded))
     logger.info("merged %s into its base; standalone model written to %s", adapter, output)
     return output
 
@@ -243,6 +261,8 @@ def info(path: str | Path) -> dict:
         "file_bytes": weights.stat().st_size,
         "weights_dtype": ", ".join(sorted(dtypes)),
         "best": run.get("best"),
+        "validation_stripped": run.get("validation_stripped"),
+        "temperature": run.get("temperature"),
         "combination": run.get("combination"),
         "run_file": str(path / RUN_FILE),
     }
@@ -272,6 +292,14 @@ def format_info(details: dict) -> str:
                      f"(validation, epoch {best['epoch']:g})")
     else:
         lines.append("best        no validation metrics in run.json")
+    # The same facts as the model card (README.md): the emoticon-free figure and the calibration.
+    stripped = details.get("validation_stripped")
+    if stripped:
+        lines.append(f"stripped    accuracy {stripped['accuracy']:.4f}, macro-F1 {stripped['macro_f1']:.4f} "
+                     "(validation, emoticons removed)")
+    if details.get("temperature") is not None:
+        lines.append(f"calibrated  temperature {details['temperature']:.4g} (predict, evaluate and serve divide "
+                     "the logits by it)")
     combination = details.get("combination")
     if combination:
         parts = ", ".join(f"{a['name']} ×{a['weight']:g}" for a in combination["adapters"])

@@ -112,3 +112,15 @@ def coverage_table(probs, labels, thresholds: Sequence[float] = DEFAULT_THRESHOL
                       "accuracy": float(correct[rows].mean()) if kept else None,
                       "kept": kept / len(y) if len(y) else 0.0})
     return table
+
+
+def fit_validation(logits, labels) -> tuple[float, dict]:
+    """Fit the temperature on a validation split's logits: (T rounded to 6 digits, the run.json `calibration`
+    block with NLL and ECE before and after)."""
+    z, y = _check(logits, labels)
+    temperature = round(fit_temperature(z, y), 6)
+    before, after = softmax(z), softmax(z, temperature)
+    block = {"method": "temperature scaling", "fitted_on": "validation", "rows": int(len(y)),
+             "nll_before": round(nll(before, y), 6), "nll_after": round(nll(after, y), 6),
+             "ece_before": round(ece(before, y), 6), "ece_after": round(ece(after, y), 6)}
+    return temperature, block

@@ -36,8 +36,10 @@ _IDENTITY_NAMES = {
     "batch_size": "--batch-size", "epochs": "--epochs", "max_steps": "--max-steps", "warmup_ratio": "--warmup-ratio",
     "weight_decay": "weight decay", "seed": "--seed", "validation_split": "--validation-split",
     "max_length": "--max-length", "lora_r": "--lora-r", "lora_alpha": "--lora-alpha", "lora_dropout": "--lora-dropout",
-    "target_modules": "--target-modules", "precision": "precision",
+    "target_modules": "--target-modules", "precision": "precision", "emoticon_dropout": "--emoticon-dropout",
 }
+# What a marker written before a setting joined the identity means by its absence.
+_IDENTITY_DEFAULTS = {"emoticon_dropout": 0.0}
 _EXTENSIBLE = {"epochs", "max_steps"}  # a finished run kept with --keep-checkpoints may be resumed to train longer
 
 
@@ -138,6 +140,7 @@ def run_identity(config: TrainConfig, files: dict, label_names: list[str], base_
         "validation_split": None if validation else config.validation_split, "max_length": config.max_length,
         "lora_r": config.lora_r, "lora_alpha": config.lora_alpha, "lora_dropout": config.lora_dropout,
         "target_modules": list(config.target_modules), "precision": precision,
+        "emoticon_dropout": config.emoticon_dropout,
     }
 
 
@@ -156,7 +159,7 @@ def claim_checkpoint_dir(checkpoints: Path, marker: dict | None, identity: dict,
     marker. Returns the checkpoint to resume from."""
     resume_from = None
     if config.resume:
-        old = marker["identity"]
+        old = {**_IDENTITY_DEFAULTS, **marker["identity"]}
         differ = [k for k in _IDENTITY_NAMES if old.get(k) != identity.get(k)]
         if marker.get("completed") and set(differ) <= _EXTENSIBLE:
             differ = []  # training a finished run further: the schedule is the new length's

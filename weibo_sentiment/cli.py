@@ -53,6 +53,11 @@ def _adapter_args(p: argparse.ArgumentParser, many: bool) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default: 32)")
 
 
+def _calibration_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-calibration", action="store_true",
+                   help="report raw probabilities, not the ones calibrated by the adapter's fitted temperature")
+
+
 # ---- commands ------------------------------------------------------------------------------------------
 def cmd_init_model(args: argparse.Namespace) -> int:
     from .modeling import init_model
@@ -81,13 +86,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         target_modules=args.target_modules, lr=args.lr, batch_size=args.batch_size,
         eval_batch_size=args.eval_batch_size, epochs=args.epochs,
         max_steps=args.max_steps, max_length=args.max_length, warmup_ratio=args.warmup_ratio, seed=args.seed,
+        emoticon_dropout=args.emoticon_dropout,
         precision=args.precision, save_dtype=args.save_dtype, checkpoint_dir=args.checkpoint_dir,
         save_steps=args.save_steps, resume=args.resume, restart=args.restart, keep_checkpoints=args.keep_checkpoints,
+        report_to=args.report_to,
     )
     result = train(config)
     best = result.run["best"]
     print(f"Best validation: accuracy {best['accuracy']:.4f}, macro-F1 {best['macro_f1']:.4f} "
           f"(epoch {best['epoch']:g}); padding share {result.run['tokens']['padding_share']:.1%}")
+    stripped = result.run["validation_stripped"]
+    print(f"With emoticons stripped: accuracy {stripped['accuracy']:.4f}, macro-F1 {stripped['macro_f1']:.4f}")
     print(f"Adapter saved to {result.output}")
     return 0
 
@@ -96,27 +105,46 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
     from .data import load_labelled
-    from .evaluation import evaluate
+    from .evaluation import evaluate, score
     from .inference import Predictor
     from .output import check_output_file, write_json
 
     if args.json:  # before any model work: a refused path should not cost a full evaluation
         check_output_file(args.json, "metrics", inputs=[args.data])
+    if args.plot:
+        check_output_file(args.plot, "plot", inputs=[args.data])
     predictor = Predictor.from_adapters([args.adapter], base_model=args.base_model, model_dir=args.model_dir,
-                                        device=args.device)
+                                        device=args.device, calibrated=not args.no_calibration)
     info = predictor.adapters[predictor.default]
     data = load_labelled(args.data, text_column=args.text_column, label_column=args.label_column,
                          encoding=args.encoding, label_names=info.label_names,
                          text_labels=bool(info.run.get("text_labels")), deduplicate=False, min_classes=1)
-    report = evaluate(predictor, data, strip=args.strip_emoticons, batch_size=args.batch_size,
-                      progress=sys.stderr.isatty())
+    scores = score(predictor, data, strip=args.strip_emoticons, batch_size=args.batch_size,
+                   progress=sys.stderr.isatty())
+    report = evaluate(predictor, data, strip=args.strip_emoticons, scores=scores)
     print(format_report(report))
     if args.json:
         write_json(report, args.json, inputs=[args.data])
         print(f"Metrics written to {args.json}")
     elif args.print_json:
         print(json.dumps(report, ensure_ascii=False))
+    if args.plot:
+        _evaluation_plot(args, scores)
     return 0
+
+
+def _evaluation_plot(args: argparse.Namespace, scores) -> None:
+    from pathlib import Path
+
+    import numpy as np
+
+    from .plots import evaluation_figure
+
+    raw = None if np.array_equal(scores.probs, scores.raw_probs) else scores.raw_probs  # one curve when equal
+    title = f"adapter: {scores.adapter}    data: {Path(args.data).name}" + (
+        " (emoticons stripped)" if args.strip_emoticons else "")
+    evaluation_figure(args.plot, scores.labels, scores.probs, raw, scores.label_names, title=title)
+    print(f"Plot written to {args.plot}")
 
 
 def format_report(report: dict) -> str:
@@ -133,6 +161,15 @@ def format_report(report: dict) -> str:
     lines.append("confusion matrix (rows: true, columns: predicted)")
     for name, row in zip(names, report["confusion_matrix"]):
         lines.append(f"{name:{width}}  " + " ".join(f"{v:7d}" for v in row))
+    if "ece" in report:
+        how = (f"calibrated, temperature {report['temperature']:.4g}" if report["calibrated"]
+               else "raw, --no-calibration")
+        lines.append(f"confidence ({how}): ECE {report['ece']:.4f} (raw {report['ece_raw']:.4f})   "
+                     f"Brier {report['brier']:.4f}   NLL {report['nll']:.4f}")
+        lines.append("confidence >=  accuracy   kept")
+        for row in report["coverage"]:
+            accuracy = "     -" if row["accuracy"] is None else f"{row['accuracy']:.4f}"
+            lines.append(f"{row['threshold']:13.2f}  {accuracy:>8} {row['kept']:6.1%}")
     return "\n".join(lines)
 
 
@@ -143,26 +180,48 @@ def describe(label_name: str) -> str:
     return label_name
 
 
-def result_line(pred) -> str:
-    return f"Prediction: {describe(pred.label_name)} (Confidence: {pred.confidence:.4f})"
+def result_line(pred, min_confidence: float | None = None) -> str:
+    line = f"Prediction: {describe(pred.label_name)} (Confidence: {pred.confidence:.4f})"
+    return line + " (uncertain)" if _uncertain(pred, min_confidence) else line
+
+
+def _uncertain(pred, min_confidence: float | None) -> bool:
+    return min_confidence is not None and pred.confidence < min_confidence
+
+
+def _output_row(pred, min_confidence: float | None) -> dict:
+    """A prediction's output row; with --min-confidence an `uncertain` column follows `confidence`."""
+    row = pred.as_row()
+    if min_confidence is None:
+        return row
+    items = list(row.items())
+    at = list(row).index("confidence") + 1
+    return dict([*items[:at], ("uncertain", _uncertain(pred, min_confidence)), *items[at:]])
+
+
+def _check_min_confidence(value: float | None) -> None:
+    if value is not None and not 0 < value < 1:
+        raise UserError(f"--min-confidence {value:g}: must be between 0 and 1 (exclusive)")
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from .export import load_predictor
 
+    _check_min_confidence(args.min_confidence)  # before loading the model
     predictor = load_predictor(args.adapter, backend=args.backend, model=args.model,
-                               base_model=args.base_model, model_dir=args.model_dir, device=args.device)
+                               base_model=args.base_model, model_dir=args.model_dir, device=args.device,
+                               calibrated=not args.no_calibration)
     if args.use:
         predictor.use(args.use)
     if args.text:
         preds = predictor.predict(args.text, batch_size=args.batch_size)
         _report_truncated(predictor, preds)
         for pred in preds:
-            print(f"{pred.text}\n{result_line(pred)}")
+            print(f"{pred.text}\n{result_line(pred, args.min_confidence)}")
         return 0
     if args.input:
         return _predict_file(predictor, args)
-    return interactive(predictor)
+    return interactive(predictor, min_confidence=args.min_confidence)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -199,20 +258,21 @@ def _predict_file(predictor, args: argparse.Namespace) -> int:
         preds = predictor.predict_routed(texts, extras["adapter"], batch_size=args.batch_size,
                                          progress=sys.stderr.isatty())
         _report_truncated(predictor, preds)
-        rows = [{"adapter": p.adapter, **p.as_row()} for p in preds]
+        rows = [{"adapter": p.adapter, **_output_row(p, args.min_confidence)} for p in preds]
         columns = list(dict.fromkeys(k for row in rows for k in row))  # adapters may have other label sets
         write_table(({k: row.get(k) for k in columns} for row in rows), args.output, args.format,
                     inputs=[args.input])
     else:
         preds = predictor.predict(texts, batch_size=args.batch_size, progress=sys.stderr.isatty())
         _report_truncated(predictor, preds)
-        write_table((p.as_row() for p in preds), args.output, args.format, inputs=[args.input])
+        write_table((_output_row(p, args.min_confidence) for p in preds), args.output, args.format,
+                    inputs=[args.input])
     if args.output and str(args.output) != "-":
         print(f"{len(preds)} predictions written to {args.output}", file=sys.stderr)
     return 0
 
 
-def interactive(predictor, stdin=None, stdout=None) -> int:
+def interactive(predictor, stdin=None, stdout=None, min_confidence: float | None = None) -> int:
     """The original's console loop, plus `:adapters` and `:use NAME` to switch adapters."""
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
 
@@ -256,7 +316,7 @@ def interactive(predictor, stdin=None, stdout=None) -> int:
             except UserError as e:
                 say(str(e))
             continue
-        say(result_line(predictor.predict([text])[0]))
+        say(result_line(predictor.predict([text])[0], min_confidence))
     say("Bye.")
     return 0
 
@@ -269,7 +329,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                  api_key=args.api_key, adapter_root=args.adapter_root,
                  max_texts=args.max_texts, max_chars=args.max_chars, max_body_bytes=args.max_body_bytes,
                  batch_wait_ms=args.batch_wait_ms, batch_size=args.batch_size, allowed_hosts=args.allow_host,
-                 threads=args.threads, max_queue=args.max_queue)
+                 threads=args.threads, max_queue=args.max_queue, calibrated=not args.no_calibration)
 
 
 def cmd_combine(args: argparse.Namespace) -> int:
@@ -344,6 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, default=128, help="tokens per text, longer ones are truncated")
     p.add_argument("--warmup-ratio", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--emoticon-dropout", type=float, default=0.0, metavar="P",
+                   help="each time a training text is drawn, remove its emoticons with probability P (what "
+                        "evaluate --strip-emoticons removes; a different subset each epoch; default 0)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="auto: bf16 (or fp16) on a CUDA GPU, fp32 on the CPU; bf16 also runs on a CPU with bf16 "
                         "kernels (1.36x fp32's samples/s on a 2-core Xeon with AMX)")
@@ -359,6 +422,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--restart", action="store_true",
                    help="discard the checkpoints of an earlier run in the checkpoint dir and start afresh")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep checkpoints after a successful run")
+    p.add_argument("--report-to", nargs="+", default=["none"], choices=["none", "tensorboard", "mlflow"],
+                   help="also log the training to TensorBoard (event files in OUTPUT.tensorboard/RUN-TIME/, or "
+                        "$TENSORBOARD_LOGGING_DIR; pip install tensorboard) or MLflow ($MLFLOW_TRACKING_URI, "
+                        "MLflow's own default otherwise; pip install mlflow) (default: none)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="accuracy, macro-F1, per-class scores and confusion matrix on a labelled file")
@@ -366,8 +433,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="labelled CSV/TSV")
     p.add_argument("--json", help="also write the metrics to this JSON file")
     p.add_argument("--print-json", action="store_true", help="print the metrics as one JSON line too")
+    p.add_argument("--plot", metavar="FILE.png",
+                   help="also draw the confusion matrix, the reliability diagram before and after calibration "
+                        "(15 bins, ECE) and accuracy vs coverage into this PNG")
     p.add_argument("--strip-emoticons", action="store_true",
-                   help="remove Weibo emoticons such as [哈哈] before predicting (the corpus labels come from them)")
+                   help="remove emoticons before predicting: Weibo ones such as [哈哈] and Unicode emoji (the corpus "
+                        "labels come from them)")
+    _calibration_args(p)
     _base_args(p, None)
     _data_args(p)
     p.set_defaults(func=cmd_evaluate)
@@ -383,6 +455,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "onnx (fp32) or onnx-int8 (fastest); with --adapter the export is made for this run")
     p.add_argument("--model", metavar="EXPORTED_DIR",
                    help="a directory written by `weibo-sentiment export` (instead of --adapter)")
+    _calibration_args(p)
+    p.add_argument("--min-confidence", type=float, metavar="X",
+                   help="mark predictions whose confidence is below X (0 < X < 1) as uncertain: an `uncertain` "
+                        "column in files, '(uncertain)' on the console; the label stays the most likely one")
     _base_args(p, None)
     _data_args(p)
     p.set_defaults(func=cmd_predict)
@@ -461,6 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "776 texts/s in `make loadtest`; the uer model on 2 CPU cores predicts ~17 texts/s, 2 "
                         "minutes for 2048: lower it there, with --max-texts, e.g. both 64; at least --max-texts)")
     p.add_argument("--threads", type=int, help="CPU threads for the model (default: all cores but one)")
+    _calibration_args(p)
     p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                    help="extra Host header name to accept when listening on loopback (e.g. behind a proxy)")
     _base_args(p, None)

@@ -1,9 +1,14 @@
-"""Metrics on a labelled file: accuracy, macro-F1, per-class precision/recall/F1, confusion matrix."""
+"""Metrics on a labelled file: accuracy, macro-F1, per-class precision/recall/F1, confusion matrix, and how well
+the confidence is calibrated (ECE, Brier score, NLL, accuracy by confidence threshold)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
+from .calibration import brier, coverage_table, ece, nll, softmax
 from .data import LabelledData, strip_emoticons
 from .errors import file_error
 from .inference import Predictor
@@ -27,9 +32,25 @@ def classification_report(labels: list[int], predicted: list[int], label_names: 
     }
 
 
-def evaluate(predictor: Predictor, data: LabelledData, adapter: str | None = None,
-             strip: bool = False, batch_size: int = 64, progress: bool = False) -> dict:
-    """Predict every text of `data` with `adapter` and score the predictions."""
+@dataclass
+class Scores:
+    """What a predictor gave for every row of a labelled file: the true labels, the probabilities it reports
+    (`probs`: calibrated with the adapter's temperature unless the predictor is uncalibrated) and the raw ones
+    (`raw_probs`: temperature 1), each of shape (n, number of labels)."""
+
+    labels: np.ndarray
+    probs: np.ndarray
+    raw_probs: np.ndarray
+    label_names: list[str]
+    temperature: float = 1.0  # what `probs` were divided by: the adapter's temperature, or 1 when uncalibrated
+    adapter: str | None = None
+    texts_only_emoticons: int = 0  # with strip: posts that were only emoticons, scored on a stand-in
+
+
+def score(predictor: Predictor, data: LabelledData, adapter: str | None = None, strip: bool = False,
+          batch_size: int = 64, progress: bool = False) -> Scores:
+    """Predict every text of `data` with `adapter` once (one forward pass per row) and return both the
+    probabilities the predictor reports and the raw ones."""
     info = predictor.adapters[adapter or predictor.default]
     if data.num_labels > len(info.label_names):
         raise file_error(data.path, f"has labels up to {data.num_labels - 1}, but adapter {info.name!r} "
@@ -42,10 +63,38 @@ def evaluate(predictor: Predictor, data: LabelledData, adapter: str | None = Non
         # rather than dropped, so `n` stays the size of the file.
         emptied = sum(1 for t in texts if not t)
         texts = [t or "。" for t in texts]
-    probs = predictor.predict_proba(texts, adapter, batch_size=batch_size, progress=progress)
-    predicted = probs.argmax(axis=1).tolist()
-    report = classification_report(data.labels, predicted, info.label_names)
+    temperature = predictor.temperature(info.name)
+    logits = predictor.predict_logits(texts, info.name, batch_size=batch_size, progress=progress)
+    return Scores(labels=np.asarray(data.labels, dtype=np.int64),
+                  probs=softmax(logits, temperature).astype(np.float32),
+                  raw_probs=softmax(logits).astype(np.float32),
+                  label_names=list(info.label_names), temperature=temperature, adapter=info.name,
+                  texts_only_emoticons=emptied)
+
+
+def calibration_report(scores: Scores) -> dict:
+    """ECE, Brier score and NLL of the reported probabilities, the raw probabilities' ECE, and the coverage
+    table (accuracy and share of rows kept at each confidence threshold)."""
+    return {
+        "ece": ece(scores.probs, scores.labels),
+        "ece_raw": ece(scores.raw_probs, scores.labels),
+        "brier": brier(scores.probs, scores.labels),
+        "nll": nll(scores.probs, scores.labels),
+        "coverage": coverage_table(scores.probs, scores.labels),
+    }
+
+
+def evaluate(predictor: Predictor, data: LabelledData, adapter: str | None = None,
+             strip: bool = False, batch_size: int = 64, progress: bool = False, scores: Scores | None = None) -> dict:
+    """Predict every text of `data` with `adapter` and score the predictions and their confidence (`scores`: what
+    `score` already returned for these arguments, to predict only once when the caller needs them too)."""
+    if scores is None:
+        scores = score(predictor, data, adapter, strip=strip, batch_size=batch_size, progress=progress)
+    info = predictor.adapters[scores.adapter]
+    predicted = scores.probs.argmax(axis=1).tolist()
+    report = classification_report(scores.labels.tolist(), predicted, scores.label_names)
     report.update(adapter=info.name, data=str(data.path), strip_emoticons=strip)
     if strip:
-        report["texts_only_emoticons"] = emptied
+        report["texts_only_emoticons"] = scores.texts_only_emoticons
+    report.update(temperature=info.temperature, calibrated=bool(predictor.calibrated), **calibration_report(scores))
     return report

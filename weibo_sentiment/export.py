@@ -20,9 +20,11 @@ import numpy as np
 import torch
 
 from .adapter_io import package_versions
+from .calibration import softmax
 from .errors import UserError
-from .inference import AdapterInfo, Prediction, Predictor, parse_adapter_specs
-from .modeling import DEFAULT_MODEL_DIR, atomic_dir, base_inputs, check_output_dir, load_tokenizer
+from .inference import AdapterInfo, Prediction, Predictor, check_temperature, parse_adapter_specs
+from .model_card import export_card, source_run, write_card
+from .modeling import DEFAULT_MODEL_DIR, atomic_dir, base_inputs, check_output_dir, load_tokenizer, save_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +132,7 @@ def export_onnx(
             (tmp / MODEL_FILE).rename(fp32)
             quantization = quantize_int8(fp32, tmp / MODEL_FILE, fp32_blocks)
             fp32.unlink()
-        predictor.tokenizer.save_pretrained(str(tmp))
+        save_tokenizer(predictor.tokenizer, tmp)  # a plain AutoTokenizer must emit no token_type_ids
         meta = {
             "format": "onnx",
             "precision": "int8" if int8 else "fp32",
@@ -142,6 +144,9 @@ def export_onnx(
             "label_names": info.label_names,
             "text_labels": bool(info.run.get("text_labels")),
             "max_length": info.max_length,
+            # The graph returns raw logits; OnnxPredictor divides them by this (1 for uncalibrated adapters).
+            "temperature": info.temperature,
+            **({"calibration": info.run["calibration"]} if "calibration" in info.run else {}),
             "opset": OPSET,
             "inputs": ["input_ids", "attention_mask"],
             "padding_side": "right",
@@ -149,6 +154,7 @@ def export_onnx(
         }
         text = json.dumps(meta, indent=2, ensure_ascii=False) + "\n"
         (tmp / EXPORT_FILE).write_text(text, encoding="utf-8")
+        write_card(tmp, export_card(meta, info.run, output))
     logger.info("exported %s (%s, merged into its base) to %s", adapter, "int8" if int8 else "fp32", output)
     return output
 
@@ -169,6 +175,7 @@ def quantize_export(source: str | Path, output: str | Path, fp32_blocks: int | N
         meta = {**meta, "precision": "int8", "quantization": quantization}
         text = json.dumps(meta, indent=2, ensure_ascii=False) + "\n"
         (tmp / EXPORT_FILE).write_text(text, encoding="utf-8")
+        write_card(tmp, export_card(meta, source_run(meta), output))  # replaces the fp32 card copied above
     return output
 
 
@@ -186,23 +193,19 @@ def read_export(model_dir: str | Path) -> dict:
         raise UserError(f"{model_dir / EXPORT_FILE}: not valid JSON ({e})") from None
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
 class OnnxPredictor:
     """An exported model on ONNX Runtime (CPU), with `Predictor`'s prediction interface.
 
     Texts are sorted by length and padded per batch. One session serves any number of threads.
     """
 
-    def __init__(self, model_dir: str | Path, threads: int | None = None):
+    def __init__(self, model_dir: str | Path, threads: int | None = None, calibrated: bool = True):
         import onnxruntime as ort
 
         self.model_dir = Path(model_dir)
+        self.calibrated = calibrated  # as Predictor's: False gives softmax(logits), temperature 1
         meta = read_export(self.model_dir)
+        check_temperature(meta, self.model_dir / EXPORT_FILE)
         self.precision = meta.get("precision", "fp32")
         self.backend = "onnx-int8" if self.precision == "int8" else "onnx"
         self.tokenizer = load_tokenizer(self.model_dir)
@@ -233,9 +236,20 @@ class OnnxPredictor:
             raise UserError(f"unknown adapter {name!r} (this export holds only {self.default!r})")
         return self.adapters[name]
 
+    def temperature(self, adapter: str | None = None, calibrated: bool | None = None) -> float:
+        info = self._require(adapter)
+        return info.temperature if (self.calibrated if calibrated is None else calibrated) else 1.0
+
     def predict_proba(self, texts: Sequence[str], adapter: str | None = None, batch_size: int = 32,
-                      progress: bool = False) -> np.ndarray:
-        """Class probabilities, shape (len(texts), number of labels), in input order."""
+                      progress: bool = False, calibrated: bool | None = None) -> np.ndarray:
+        """Class probabilities, shape (len(texts), number of labels), in input order (calibrated as
+        `Predictor.predict_proba`)."""
+        logits = self.predict_logits(texts, adapter, batch_size, progress)
+        return softmax(logits, self.temperature(adapter, calibrated)).astype(np.float32)
+
+    def predict_logits(self, texts: Sequence[str], adapter: str | None = None, batch_size: int = 32,
+                       progress: bool = False) -> np.ndarray:
+        """Raw logits, shape (len(texts), number of labels), in input order."""
         from tqdm.auto import tqdm
 
         info = self._require(adapter)
@@ -245,32 +259,32 @@ class OnnxPredictor:
         ids = self.tokenizer(list(texts), truncation=True, max_length=info.max_length,
                              return_attention_mask=False)["input_ids"]
         order = np.argsort([len(x) for x in ids], kind="stable")
-        probs = np.zeros((len(texts), len(info.label_names)), dtype=np.float32)
+        out = np.zeros((len(texts), len(info.label_names)), dtype=np.float32)
         starts = range(0, len(order), batch_size)
         for start in tqdm(starts, desc="predict", unit="batch", disable=not progress, leave=False):
             rows = order[start:start + batch_size]
             batch = self.tokenizer.pad({"input_ids": [ids[i] for i in rows]}, return_tensors="np")
             feed = {k: batch[k].astype(np.int64) for k in ("input_ids", "attention_mask")}
-            logits = self.session.run(None, feed)[0]
-            probs[rows] = _softmax(logits.astype(np.float32))
-        return probs
+            out[rows] = self.session.run(None, feed)[0].astype(np.float32)
+        return out
 
     def predict(self, texts: Sequence[str], adapter: str | None = None, batch_size: int = 32,
-                progress: bool = False) -> list[Prediction]:
+                progress: bool = False, calibrated: bool | None = None) -> list[Prediction]:
         info = self._require(adapter)
-        return self._to_predictions(texts, self.predict_proba(texts, adapter, batch_size, progress), info)
+        probs = self.predict_proba(texts, adapter, batch_size, progress, calibrated)
+        return self._to_predictions(texts, probs, info)
 
     _to_predictions = Predictor._to_predictions  # the same rows as the torch predictor's
 
     def predict_routed(self, texts: Sequence[str], adapters: Sequence[str | None], batch_size: int = 32,
-                       progress: bool = False) -> list[Prediction]:
+                       progress: bool = False, calibrated: bool | None = None) -> list[Prediction]:
         if len(adapters) != len(texts):
             raise UserError(f"{len(texts)} texts but {len(adapters)} adapter names; give one per text")
         for i, name in enumerate(adapters):
             if name and name not in self.adapters:
                 raise UserError(f"row {i + 1}: unknown adapter {name!r} "
                                 f"(this export holds only {self.default!r})")
-        return self.predict(texts, batch_size=batch_size, progress=progress)
+        return self.predict(texts, batch_size=batch_size, progress=progress, calibrated=calibrated)
 
 
 def load_predictor(
@@ -281,25 +295,28 @@ def load_predictor(
     base_model: str | Path | None = None,
     model_dir: str | Path = DEFAULT_MODEL_DIR,
     device: str | None = None,
+    calibrated: bool = True,
 ) -> Predictor | OnnxPredictor:
     """The predictor for a backend: torch over adapters, or ONNX Runtime over an export.
 
     `model` is an export directory. `backend` onnx/onnx-int8 with an adapter exports it to a temporary
     directory first (seconds to a minute for the full model); `weibo-sentiment export` keeps one for reuse.
+    `calibrated=False` gives raw probabilities (temperature 1) instead of calibrated ones.
     """
     if backend not in BACKENDS:
         raise UserError(f"unknown backend {backend!r} (choose from {', '.join(BACKENDS)})")
     if model is not None:
         if adapters:
             raise UserError("pass either --model (an exported directory) or --adapter, not both")
-        predictor = OnnxPredictor(model)
+        predictor = OnnxPredictor(model, calibrated=calibrated)
         if backend != "torch" and backend != predictor.backend:
             raise UserError(f"{model} holds a {predictor.precision} export, not what --backend {backend} "
                             f"asks for; export it {'with' if backend == 'onnx-int8' else 'without'} --int8")
         return predictor
     adapters = list(adapters or ["best_weibo_sentiment_lora"])
     if backend == "torch":
-        return Predictor.from_adapters(adapters, base_model=base_model, model_dir=model_dir, device=device)
+        return Predictor.from_adapters(adapters, base_model=base_model, model_dir=model_dir, device=device,
+                                       calibrated=calibrated)
     if len(adapters) != 1:
         raise UserError(f"--backend {backend} runs one adapter merged into its base; pass one --adapter")
     if device not in (None, "cpu"):
@@ -309,4 +326,4 @@ def load_predictor(
     with tempfile.TemporaryDirectory(prefix="weibo-sentiment-onnx-") as tmp:
         out = export_onnx(path, Path(tmp) / "export", int8=backend == "onnx-int8", name=name,
                           base_model=base_model, model_dir=model_dir)
-        return OnnxPredictor(out)  # the session holds the model in memory; the files may go
+        return OnnxPredictor(out, calibrated=calibrated)  # the session holds the model in memory; the files may go

@@ -19,6 +19,7 @@ from safetensors import safe_open
 from tqdm.auto import tqdm
 
 from .adapter_io import WEIGHTS_FILE, base_fingerprint, read_run
+from .calibration import softmax
 from .errors import UserError
 from .modeling import DEFAULT_MODEL_DIR, load_classifier, load_tokenizer, resolve_base_model
 
@@ -55,6 +56,12 @@ class AdapterInfo:
     def max_length(self) -> int:
         return int(self.run.get("max_length", 128))
 
+    @property
+    def temperature(self) -> float:
+        """The temperature fitted on the validation split (run.json `temperature`); 1.0 for adapters written
+        before calibration existed. Probabilities are softmax(logits / temperature)."""
+        return float(self.run.get("temperature", 1.0))
+
 
 def parse_adapter_specs(specs: Iterable[str | Path]) -> dict[str, Path]:
     """`NAME=DIR` or a bare `DIR` (named after its folder) → {name: dir}, in the given order.
@@ -89,6 +96,13 @@ def count_truncated(tokenizer, texts: Sequence[str], max_length: int) -> int:
     return sum(len(x) > max_length for x in ids)
 
 
+def check_temperature(run: dict, path: Path) -> None:
+    """Refuse a `temperature` in run.json (or export.json) that is not a positive finite number."""
+    t = run.get("temperature", 1.0)
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not np.isfinite(t) or t <= 0:
+        raise UserError(f"{path}: the temperature {t!r} in its settings is not a positive number")
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -117,8 +131,12 @@ class Predictor:
     Loading, removing or switching adapters unmerges first, so other adapters always see the pure base.
     """
 
-    def __init__(self, base_dir: Path, device: torch.device | str | None = None, base_model: str | None = None):
+    def __init__(self, base_dir: Path, device: torch.device | str | None = None, base_model: str | None = None,
+                 calibrated: bool = True):
         self.base_dir = Path(base_dir)
+        # Probabilities are softmax(logits / T) with each adapter's fitted temperature T; False gives the raw
+        # softmax(logits). A plain attribute: set it at any time (`--no-calibration`).
+        self.calibrated = calibrated
         self.base_model = base_model or str(base_dir)
         self.device = torch.device(device) if device is not None else default_device()
         self.tokenizer = load_tokenizer(self.base_dir)
@@ -144,10 +162,12 @@ class Predictor:
         base_model: str | Path | None = None,
         model_dir: str | Path = DEFAULT_MODEL_DIR,
         device: torch.device | str | None = None,
+        calibrated: bool = True,
     ) -> Predictor:
         """Load adapters (`{name: dir}` or a list of `NAME=DIR`/`DIR`) onto their base model.
 
-        The base comes from the first adapter's `run.json` unless `base_model` is given.
+        The base comes from the first adapter's `run.json` unless `base_model` is given. `calibrated=False`
+        gives raw probabilities (temperature 1) instead of the adapters' calibrated ones.
         """
         specs = dict(adapters) if isinstance(adapters, Mapping) else parse_adapter_specs(adapters)
         if not specs:
@@ -157,7 +177,7 @@ class Predictor:
             base_dir, base_name = resolve_base_model(base_model, model_dir), str(base_model)
         else:
             base_dir, base_name = _base_dir_from_run(first, model_dir), first["base_model"]
-        predictor = cls(base_dir, device=device, base_model=base_name)
+        predictor = cls(base_dir, device=device, base_model=base_name, calibrated=calibrated)
         for name, path in specs.items():
             predictor.add_adapter(name, path, check_base=base_model is None)
         return predictor
@@ -186,6 +206,7 @@ class Predictor:
         rows = _head_rows(path)
         if rows != len(run["label_names"]):
             raise UserError(f"{path}: run.json names {len(run['label_names'])} labels but the head has {rows}")
+        check_temperature(run, path)
         return AdapterInfo(name=name, path=path, run=run)
 
     def add_adapter(self, name: str, path: str | Path, check_base: bool = True) -> AdapterInfo:
@@ -272,26 +293,43 @@ class Predictor:
         return self.adapters[name]
 
     # ---- prediction ---------------------------------------------------------------------------------
-    def predict_proba(self, texts: Sequence[str], adapter: str | None = None, batch_size: int = 32,
-                      progress: bool = False) -> np.ndarray:
-        """Class probabilities, shape (len(texts), number of labels of `adapter`), in input order."""
+    def temperature(self, adapter: str | None = None, calibrated: bool | None = None) -> float:
+        """The temperature `adapter`'s probabilities are divided by: its fitted one, or 1 when uncalibrated
+        (`calibrated` None: this predictor's setting)."""
+        info = self._require(adapter or self.default)
+        return info.temperature if (self.calibrated if calibrated is None else calibrated) else 1.0
+
+    def predict_logits(self, texts: Sequence[str], adapter: str | None = None, batch_size: int = 32,
+                       progress: bool = False) -> np.ndarray:
+        """Raw logits (before any temperature), shape (len(texts), number of labels of `adapter`), in input
+        order."""
         name = adapter or self.default
         info = self._require(name)
         return self._run(texts, [name] * len(texts), info.max_length, batch_size, len(info.label_names), progress)
 
+    def predict_proba(self, texts: Sequence[str], adapter: str | None = None, batch_size: int = 32,
+                      progress: bool = False, calibrated: bool | None = None) -> np.ndarray:
+        """Class probabilities, shape (len(texts), number of labels of `adapter`), in input order:
+        softmax(logits / T), T the adapter's temperature when calibrated (`calibrated` None: this predictor's
+        setting), else 1."""
+        temperature = self.temperature(adapter, calibrated)
+        logits = self.predict_logits(texts, adapter, batch_size, progress)
+        return softmax(logits, temperature).astype(np.float32)
+
     def predict(self, texts: Sequence[str], adapter: str | None = None, batch_size: int = 32,
-                progress: bool = False) -> list[Prediction]:
+                progress: bool = False, calibrated: bool | None = None) -> list[Prediction]:
         name = adapter or self.default
-        probs = self.predict_proba(texts, name, batch_size, progress)
+        probs = self.predict_proba(texts, name, batch_size, progress, calibrated)
         return self._to_predictions(texts, probs, self.adapters[name])
 
     def predict_routed(self, texts: Sequence[str], adapters: Sequence[str | None], batch_size: int = 32,
-                       progress: bool = False) -> list[Prediction]:
+                       progress: bool = False, calibrated: bool | None = None) -> list[Prediction]:
         """Answer each text with its own adapter (None or '' → the default one), in input order.
 
         Rows whose adapters have heads of one shape (and one max length) share forward passes: PEFT's
         `adapter_names` mixed batch routes every row through its own LoRA weights and head. Other rows
-        are grouped apart, since one forward pass cannot return logits of different widths.
+        are grouped apart, since one forward pass cannot return logits of different widths. Each row's
+        logits are divided by its own adapter's temperature.
         """
         if len(adapters) != len(texts):
             raise UserError(f"{len(texts)} texts but {len(adapters)} adapter names; give one per text")
@@ -306,8 +344,10 @@ class Predictor:
                 groups.setdefault((len(info.label_names), info.max_length), []).append(i)
             out: list[Prediction | None] = [None] * len(texts)
             for (num_labels, max_length), rows in groups.items():
-                probs = self._run([texts[i] for i in rows], [names[i] for i in rows], max_length, batch_size,
-                                  num_labels, progress)
+                logits = self._run([texts[i] for i in rows], [names[i] for i in rows], max_length, batch_size,
+                                   num_labels, progress)
+                temperatures = np.array([self.temperature(names[i], calibrated) for i in rows])
+                probs = softmax(logits, temperatures).astype(np.float32)
                 for i, p in zip(rows, probs, strict=True):
                     out[i] = self._to_predictions([texts[i]], p[None], self.adapters[names[i]])[0]
         return out
@@ -324,13 +364,14 @@ class Predictor:
     @torch.inference_mode()
     def _run(self, texts: Sequence[str], adapter_names: list[str], max_length: int, batch_size: int,
              num_labels: int, progress: bool = False) -> np.ndarray:
+        """Raw logits (float32, input order) of `texts`, each through its adapter in `adapter_names`."""
         for i, text in enumerate(texts):
             if not isinstance(text, str) or not text.strip():
                 raise UserError(f"text {i + 1} is empty")
         ids = self.tokenizer(list(texts), truncation=True, max_length=max_length,
                              return_attention_mask=False)["input_ids"]
         order = np.argsort([len(x) for x in ids], kind="stable")
-        probs = np.zeros((len(texts), num_labels), dtype=np.float32)
+        out = np.zeros((len(texts), num_labels), dtype=np.float32)
         with self._lock:
             single = len(set(adapter_names)) == 1
             if single:
@@ -342,8 +383,7 @@ class Predictor:
                 batch = {k: v.to(self.device) for k, v in batch.items()}
                 if not single:
                     batch["adapter_names"] = [self._keys[adapter_names[i]] for i in rows]
-                logits = self.model(**batch).logits
-                probs[rows] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+                out[rows] = self.model(**batch).logits.float().cpu().numpy()
             if single and self.default:
                 self._select(self.default)
-        return probs
+        return out

@@ -352,12 +352,27 @@ def _special_ids(tokenizer: BertTokenizer) -> dict[str, int]:
     }
 
 
+# GPT-2 has no segment embedding: given token_type_ids it adds their word embeddings to every position, so no
+# tokenizer we load or save may produce them (BERT's tokenizer does by default).
+MODEL_INPUT_NAMES = ["input_ids", "attention_mask"]
+
+
 def load_tokenizer(model_dir: str | Path) -> BertTokenizer:
     tokenizer = BertTokenizer.from_pretrained(str(model_dir))
-    # GPT-2 would add token_type_ids to the input through its word embedding; BERT's all-zero segment
-    # ids must never reach it (nor reach a plain `pipeline` over a merged model).
-    tokenizer.model_input_names = ["input_ids", "attention_mask"]
+    # BERT's all-zero segment ids must never reach GPT-2 (see MODEL_INPUT_NAMES).
+    tokenizer.model_input_names = list(MODEL_INPUT_NAMES)
     return tokenizer
+
+
+def save_tokenizer(tokenizer: BertTokenizer, directory: str | Path) -> None:
+    """Save `tokenizer` so that a plain `AutoTokenizer.from_pretrained(directory)` (a `pipeline`, a PEFT snippet)
+    emits no token_type_ids either: `model_input_names` set on a loaded tokenizer is not saved, so it is written
+    into tokenizer_config.json, where transformers reads it back as an init argument."""
+    tokenizer.save_pretrained(str(directory))
+    tokenizer_config = Path(directory) / "tokenizer_config.json"
+    settings = json.loads(tokenizer_config.read_text(encoding="utf-8"))
+    settings["model_input_names"] = list(MODEL_INPUT_NAMES)
+    tokenizer_config.write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def load_classifier(

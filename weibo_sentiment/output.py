@@ -22,7 +22,8 @@ from .errors import UserError
 PREDICTION_COLUMNS = {"label_name", "confidence"}
 JSON_KINDS = {"metrics": {"accuracy", "macro_f1", "confusion_matrix"},
               "loadtest": {"requests", "latency_ms", "requests_per_s"}}
-KIND_NAMES = {"predictions": "a predictions file", "metrics": "a metrics file", "loadtest": "a load-test report"}
+KIND_NAMES = {"predictions": "a predictions file", "metrics": "a metrics file", "loadtest": "a load-test report",
+              "plot": "a picture"}  # plot: a PNG with our Software text chunk (plots.is_our_png)
 
 
 def _head(path: Path, size: int = 65536) -> str:
@@ -33,6 +34,11 @@ def _head(path: Path, size: int = 65536) -> str:
 def _is_ours(path: Path, kind: str) -> bool:
     if path.stat().st_size == 0:
         return True  # nothing in it to lose
+    if kind == "plot":
+        from .plots import is_our_png
+
+        with path.open("rb") as f:
+            return is_our_png(f.read(65536))
     head = _head(path)
     first = head.lstrip("\ufeff").split("\n", 1)[0].strip()
     if kind == "predictions":
@@ -76,6 +82,9 @@ def atomic_open(path: str | Path, mode: str = "w", encoding: str = "utf-8", kind
     `check_output_file` allows it)."""
     path = check_output_file(path, kind, inputs)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # an ordinary file for the user, not mkstemp's private 0600
     try:
         with os.fdopen(fd, mode, encoding=encoding, newline="" if "b" not in mode else None) as f:
             yield f

@@ -811,10 +811,12 @@ def serve(
     device: str | None = None,
     access_log: bool = True,
     threads: int | None = None,
+    calibrated: bool = True,
     **options,
 ) -> int:
     """Load the adapters and serve them until interrupted. `options` are AppSettings fields; `allowed_hosts`
-    here adds Host names to the loopback ones a loopback server accepts."""
+    here adds Host names to the loopback ones a loopback server accepts. `calibrated=False` serves raw
+    probabilities (`--no-calibration`)."""
     import uvicorn
 
     settings = AppSettings(**options)
@@ -829,7 +831,7 @@ def serve(
         from .export import load_predictor
 
         predictor = load_predictor(adapters, backend=backend, model=model, base_model=base_model,
-                                   model_dir=model_dir, device=device)
+                                   model_dir=model_dir, device=device, calibrated=calibrated)
         if use:
             predictor.use(use)
         hosts = [*LOOPBACK_HOSTS, host, *(settings.allowed_hosts or ())] if is_loopback(host) else None

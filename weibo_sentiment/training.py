@@ -16,6 +16,7 @@ from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, se
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from .adapter_io import SAVE_DTYPES, base_fingerprint, cast_weights, package_versions, write_run
+from .calibration import fit_validation
 from .checkpoints import (
     CheckpointKeeper,
     claim_checkpoint_dir,
@@ -24,8 +25,16 @@ from .checkpoints import (
     release_checkpoint_dir,
     run_identity,
 )
-from .data import DEFAULT_LABEL_COLUMN, DEFAULT_TEXT_COLUMN, LabelledData, load_labelled, stratified_split
+from .data import (
+    DEFAULT_LABEL_COLUMN,
+    DEFAULT_TEXT_COLUMN,
+    LabelledData,
+    load_labelled,
+    stratified_split,
+    strip_emoticons,
+)
 from .errors import UserError
+from .model_card import adapter_card, write_card
 from .modeling import (
     DEFAULT_BASE_MODEL,
     DEFAULT_MODEL_DIR,
@@ -36,6 +45,7 @@ from .modeling import (
     load_classifier,
     load_tokenizer,
     resolve_base_model,
+    save_tokenizer,
 )
 
 logger = logging.getLogger(__name__)
@@ -69,6 +79,8 @@ class TrainConfig:
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     seed: int = 42
+    # Each time a training text is drawn, with this probability its emoticons are removed (see EmoticonDropout).
+    emoticon_dropout: float = 0.0
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     save_dtype: str = "float32"
     checkpoint_dir: str | None = None
@@ -77,6 +89,7 @@ class TrainConfig:
     restart: bool = False  # discard the checkpoints of an earlier run of this checkpoint dir, then start afresh
     keep_checkpoints: bool = False
     logging_steps: int = 50
+    report_to: str | list[str] = "none"  # none | tensorboard | mlflow (or a list): the Trainer's report_to
 
     def checkpoints(self) -> Path:
         out = Path(self.output.rstrip("/"))
@@ -224,23 +237,77 @@ class EpochSeededLengthSampler(LengthGroupedSampler):
     in the middle of an epoch sees the same batches as one that was never stopped (the global RNG also drives
     dropout, and its state at the start of the epoch is not in the checkpoint)."""
 
-    def __init__(self, batch_size: int, lengths: list[int], seed: int):
+    def __init__(self, batch_size: int, lengths: list[int], seed: int, dataset=None):
         super().__init__(batch_size, lengths=lengths, generator=torch.Generator())
-        self.seed, self.epoch = seed, 0
+        self.seed, self.epoch, self.dataset = seed, 0, dataset
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        # accelerate passes the epoch to the dataset too, but not in an epoch resumed in its middle (its batch-skipping
+        # wrapper hides the dataset): the sampler always gets it, so it passes it on (EmoticonDropout)
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
 
     def __iter__(self):
         self.generator.manual_seed(self.seed + self.epoch)
         return super().__iter__()
 
 
+class EmoticonDropout(torch.utils.data.Dataset):
+    """Training examples whose emoticons (`strip_emoticons`: the definition of `evaluate --strip-emoticons`) are
+    removed, each time an example is drawn, with probability `p`: a different subset every epoch.
+
+    Both variants are tokenized once. Whether example `i` is stripped in epoch `e` is a pure function of
+    (seed, e, i), the i-th number of a NumPy generator seeded with (seed, e), never of the global torch RNG: a run
+    resumed in the middle of an epoch (`--resume`) draws exactly what an uninterrupted one would. The epoch comes
+    from `EpochSeededLengthSampler.set_epoch`, which the Trainer calls before every epoch, resumed ones included.
+    A text with no emoticon, or one that would be empty without them, is always drawn as it is. `lengths` are the
+    original texts' (the length grouping of batches).
+    """
+
+    def __init__(self, original: list[dict], stripped: list[dict | None], p: float, seed: int):
+        self.original, self.stripped, self.p, self.seed, self.epoch = original, stripped, p, seed, 0
+        self.lengths = [len(x["input_ids"]) for x in original]
+        self._mask: tuple[int, np.ndarray] | None = None
+
+    @classmethod
+    def build(cls, tokenizer, texts: list[str], labels: list[int], max_length: int, p: float,
+              seed: int) -> EmoticonDropout:
+        original = encode(tokenizer, texts, labels, max_length)
+        without = [strip_emoticons(t) for t in texts]
+        changed = [i for i, (t, s) in enumerate(zip(texts, without)) if s and s != t]
+        stripped: list[dict | None] = [None] * len(texts)
+        encoded = encode(tokenizer, [without[i] for i in changed], [labels[i] for i in changed], max_length)
+        for i, example in zip(changed, encoded):
+            stripped[i] = example
+        emptied = without.count("")
+        logger.info("emoticon dropout %g: %d of %d training texts have emoticons (%d are nothing else and are always "
+                    "kept whole)", p, len(changed) + emptied, len(texts), emptied)
+        return cls(original, stripped, p, seed)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def strips(self, epoch: int) -> np.ndarray:
+        """Which examples are drawn without their emoticons in `epoch` (boolean, one per example)."""
+        if self._mask is None or self._mask[0] != epoch:
+            draws = np.random.default_rng([self.seed, epoch]).random(len(self.original))
+            self._mask = epoch, (draws < self.p) & np.array([s is not None for s in self.stripped], dtype=bool)
+        return self._mask[1]
+
+    def __len__(self) -> int:
+        return len(self.original)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.stripped[i] if self.strips(self.epoch)[i] else self.original[i]
+
+
 class _SentimentTrainer(Trainer):
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
+        lengths = getattr(dataset, "lengths", None) or [len(x["input_ids"]) for x in dataset]
         return EpochSeededLengthSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
-                                        [len(x["input_ids"]) for x in dataset], self.args.data_seed)
+                                        lengths, self.args.data_seed, dataset)
 
 
 def train(config: TrainConfig, callbacks: list | None = None) -> TrainResult:
@@ -248,6 +315,8 @@ def train(config: TrainConfig, callbacks: list | None = None) -> TrainResult:
 
     `callbacks` are extra `transformers.TrainerCallback`s (the benchmark times steps with one).
     """
+    if not 0 <= config.emoticon_dropout <= 1:
+        raise UserError(f"--emoticon-dropout {config.emoticon_dropout:g}: must be between 0 and 1")
     if config.save_dtype not in SAVE_DTYPES:
         raise UserError(f"unknown --save-dtype {config.save_dtype!r} (choose from {', '.join(SAVE_DTYPES)})")
     check_output_dir(config.output, "adapter", [  # before training for minutes, and again when writing
@@ -265,7 +334,11 @@ def train(config: TrainConfig, callbacks: list | None = None) -> TrainResult:
     n_positions = _n_positions(base_dir)
     if config.max_length > n_positions:
         raise UserError(f"--max-length {config.max_length} exceeds the base model's {n_positions} positions")
-    train_set = encode(tokenizer, train_texts, train_labels, config.max_length)
+    if config.emoticon_dropout > 0:
+        train_set = EmoticonDropout.build(tokenizer, train_texts, train_labels, config.max_length,
+                                          config.emoticon_dropout, config.seed)
+    else:
+        train_set = encode(tokenizer, train_texts, train_labels, config.max_length)
     val_set = encode(tokenizer, val_texts, val_labels, config.max_length)
     precision_name = "bf16" if precision["bf16"] else "fp16" if precision["fp16"] else "fp32"
     identity = run_identity(config, files, data.label_names, base_dir, precision_name)
@@ -304,7 +377,7 @@ def train(config: TrainConfig, callbacks: list | None = None) -> TrainResult:
         greater_is_better=True,
         logging_strategy="steps",
         logging_steps=config.logging_steps,
-        report_to="none",
+        report_to=report_to(config),
         seed=config.seed,
         data_seed=config.seed,
         dataloader_pin_memory=torch.cuda.is_available(),
@@ -321,6 +394,7 @@ def train(config: TrainConfig, callbacks: list | None = None) -> TrainResult:
         compute_metrics=classification_metrics,
         callbacks=[CheckpointKeeper(), *(callbacks or [])],
     )
+    _tensorboard_dir(trainer, config)
     try:
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     except KeyboardInterrupt:
@@ -340,6 +414,13 @@ def train(config: TrainConfig, callbacks: list | None = None) -> TrainResult:
         epochs = [{"epoch": final["epoch"], "loss": final["eval_loss"], "accuracy": final["eval_accuracy"],
                    "macro_f1": final["eval_macro_f1"]}]
     best = max(epochs, key=lambda e: e["macro_f1"])
+    # Temperature scaling on the validation split with the best weights: every prediction path divides the
+    # logits by it, so the reported confidence means what it says (see calibration.py).
+    counted = collator.real_tokens, collator.padded_tokens, len(collator.batches)
+    validation = trainer.predict(val_set)
+    collator.real_tokens, collator.padded_tokens = counted[:2]  # the padding report covers training + epochs
+    del collator.batches[counted[2]:]
+    temperature, calibration = fit_validation(validation.predictions, validation.label_ids)
 
     run = {
         "base_model": _portable_base(config.base_model, base_dir),
@@ -354,17 +435,22 @@ def train(config: TrainConfig, callbacks: list | None = None) -> TrainResult:
         "total_parameters": total,
         "training": {k: v for k, v in asdict(config).items()
                      if k in ("lr", "batch_size", "epochs", "max_steps", "warmup_ratio", "weight_decay", "seed",
-                              "validation_split", "save_dtype")},
+                              "validation_split", "save_dtype", "emoticon_dropout")},
         "precision": "bf16" if precision["bf16"] else "fp16" if precision["fp16"] else "fp32",
         "data": files,
         "rows": {"train": len(train_texts), "validation": len(val_texts)},
+        "validation_stripped": _stripped_validation(trainer, collator, tokenizer, val_texts, val_labels,
+                                                    config.max_length),
         "epochs": epochs,
         "best": best,
+        "temperature": temperature,
+        "calibration": calibration,
         "tokens": {"real": collator.real_tokens, "processed": collator.padded_tokens,
                    "padding_share": round(collator.padding_share(), 4)},
         "versions": package_versions(),
     }
-    output = save_adapter(model, tokenizer, run, config.output, config.save_dtype)
+    output = save_adapter(model, tokenizer, run, config.output, config.save_dtype,
+                          extras=_training_picture(trainer.state.log_history))
     release_checkpoint_dir(checkpoints, keep=config.keep_checkpoints)
     logger.info("best validation macro-F1 %.4f (epoch %s); adapter written to %s",
                 best["macro_f1"], best["epoch"], output)
@@ -386,11 +472,26 @@ def save_adapter(model, tokenizer, run: dict, output: str | Path, save_dtype: st
                 f.rename(tmp / f.name)
             (tmp / adapter_name).rmdir()
         cast_weights(tmp, save_dtype)
-        tokenizer.save_pretrained(str(tmp))
+        save_tokenizer(tokenizer, tmp)  # no token_type_ids from a plain AutoTokenizer either
         write_run(tmp, {**run, "save_dtype": save_dtype})
         if extras is not None:
             extras(tmp)
+        # The model card replaces PEFT's empty template README.md (after extras: it shows their pictures).
+        write_card(tmp, adapter_card({**run, "save_dtype": save_dtype}, output, directory=tmp))
     return output
+
+
+def _stripped_validation(trainer, collator: PaddedBatches, tokenizer, texts: list[str], labels: list[int],
+                         max_length: int) -> dict[str, float]:
+    """Accuracy and macro-F1 of the trainer's model on the validation texts with their emoticons removed, as
+    `evaluate --strip-emoticons` scores them (a text that was only emoticons is read as "。"); outside the padding
+    report."""
+    counted = collator.real_tokens, collator.padded_tokens, len(collator.batches)
+    stripped = encode(tokenizer, [strip_emoticons(t) or "。" for t in texts], labels, max_length)
+    metrics = trainer.predict(stripped, metric_key_prefix="stripped").metrics
+    collator.real_tokens, collator.padded_tokens = counted[:2]
+    del collator.batches[counted[2]:]
+    return {"accuracy": metrics["stripped_accuracy"], "macro_f1": metrics["stripped_macro_f1"]}
 
 
 def _n_positions(base_dir: Path) -> int:
@@ -401,3 +502,46 @@ def _n_positions(base_dir: Path) -> int:
 def _portable_base(base_model: str, base_dir: Path) -> str:
     """A hub id stays a hub id; a local directory is recorded as an absolute path."""
     return str(Path(base_model).resolve()) if Path(base_model).exists() else str(base_model)
+
+
+REPORTERS = {"tensorboard": ("tensorboard", "tensorboardX"), "mlflow": ("mlflow",)}  # --report-to: importable as
+
+
+def report_to(config: TrainConfig) -> list[str]:
+    """`config.report_to` as the Trainer's `report_to` list; a reporter whose package is missing is a UserError
+    naming what to install."""
+    import importlib.util
+
+    chosen = [config.report_to] if isinstance(config.report_to, str) else list(config.report_to)
+    chosen = [r for r in dict.fromkeys(chosen) if r != "none"]
+    for name in chosen:
+        if name not in REPORTERS:
+            raise UserError(f"--report-to {name}: unknown (choose from none, {', '.join(REPORTERS)})")
+        if not any(importlib.util.find_spec(module) for module in REPORTERS[name]):
+            raise UserError(f"--report-to {name} needs the {name} package: pip install {name}")
+    return chosen
+
+
+def tensorboard_dir(config: TrainConfig) -> Path:
+    """Where `--report-to tensorboard` writes: OUTPUT.tensorboard/ beside the adapter (never inside the
+    checkpoint directory, which holds only checkpoints), one sub-folder per run."""
+    from datetime import datetime
+
+    out = Path(config.output.rstrip("/"))
+    return out.with_name(out.name + ".tensorboard") / datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def _tensorboard_dir(trainer: Trainer, config: TrainConfig) -> None:
+    # The Trainer would log into output_dir (our checkpoint directory) unless TENSORBOARD_LOGGING_DIR says where.
+    from transformers.integrations import TensorBoardCallback
+
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, TensorBoardCallback) and callback.logging_dir is None:
+            callback.logging_dir = str(tensorboard_dir(config))
+
+
+def _training_picture(log_history: list[dict]) -> Callable[[Path], None]:
+    """`save_adapter` extras: training.png (loss per step, validation scores per epoch); a failure only warns."""
+    from .plots import training_extras
+
+    return training_extras(log_history)
