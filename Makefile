@@ -23,6 +23,7 @@ $(STAMP): pyproject.toml
 
 demo: export OMP_NUM_THREADS=1
 demo: $(STAMP)
+	rm -rf $(DEMO)  # the demo's own scratch folder (as `make clean`): each demo starts from nothing
 	$(BIN)/weibo-sentiment init-model --preset tiny --vocab-from-data examples/weibo_sample.csv --output $(DEMO)/base
 	$(BIN)/weibo-sentiment train --data examples/weibo_sample.csv --base-model $(DEMO)/base \
 		--output $(DEMO)/adapter --epochs 20 --lr 2e-3 --validation-split 0.15
