@@ -36,6 +36,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import cpu_name  # benchmarks/machine.py: the script folder is on sys.path
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 SHARED = Path(os.environ.get("WEIBO_SHARED", ROOT.parent / "shared"))
@@ -497,22 +499,12 @@ def summarize(arms: dict, setup: dict, cfg: dict, peaks: list[float], n_params: 
         "settings": {**cfg, "original_recipe": ORIGINAL, "model": "init-model --preset uer (random weights)",
                      **setup},
         "machine": {"device": cfg["device"], "gpu": torch.cuda.get_device_name() if cfg["device"] != "cpu" else None,
-                    "cpu": _cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "load_average_start_end": load, "python": platform.python_version(),
                     "versions": _versions()},
         "wall_seconds": round(elapsed, 1),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def _versions() -> dict:

@@ -21,7 +21,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from machine import cpu_name  # benchmarks/machine.py: the script folder is on sys.path
 
 from weibo_sentiment.adapter_io import package_versions
 from weibo_sentiment.data import load_labelled, strip_emoticons
@@ -40,16 +40,6 @@ from weibo_sentiment.training import TrainConfig, train
 ROOT = Path(__file__).resolve().parents[1]
 GOAL_GAIN, GOAL_LOSS = 0.05, 0.01  # the goal at P=0.5: stripped +5 points, with emoticons at most -1
 logger = logging.getLogger("emoticon_table")
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _shown_path(path: str) -> str:
