@@ -54,7 +54,7 @@ MAX_BATCH_TEXTS = 512
 # (`make loadtest`: 776 texts/s); the uer model on 2 CPU cores predicts 17 texts/s (README, Performance):
 # 2 minutes of work, so lower --max-queue there (with --max-texts).
 MAX_QUEUE = 2048
-ADAPTER_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # PEFT adapter names become module keys: no dots
+ADAPTER_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # URL-safe; PEFT holds adapters under keys of its own
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 # Idle keep-alive connections are closed after this. It must outlast the clients' own expiry (httpx: 5 s, the
 # same as uvicorn's default, so a request sent on a pooled connection could meet the server's close: a load
