@@ -9,7 +9,7 @@ DEMO := .demo
 # anything else shares the cores (measured: 2.8 s vs 69 s for the same 3-epoch run beside one busy process).
 TINY_ENV := OMP_NUM_THREADS=1
 
-.PHONY: install demo test system-deps lint bench loadtest clean
+.PHONY: install demo test system-deps lint bench bench-scale loadtest clean
 
 install: $(STAMP)
 
@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "torch==2.13.0"
-	$(BIN)/pip install -q -e ".[serve,onnx,dev]"
+	$(BIN)/pip install -q -e ".[serve,onnx,dev,cluster]"
 	touch $(STAMP)
 
 demo: export OMP_NUM_THREADS=1
@@ -57,6 +57,16 @@ system-deps:
 # Weibo rows, <= 15 min on 2 cores: writes benchmarks/results/summary.json and summary.md.
 bench: $(STAMP)
 	WEIBO_SHARED=$(SHARED) $(BIN)/python benchmarks/bench.py
+
+# Scale (issue 12): streaming prediction's peak memory on 1,000,000 rows vs 10,000 and its speed vs the in-memory
+# path (onnx-int8, ~20 min on 2 cores), then 1 vs 2 training processes on the CPU (torchrun, gloo); the Ray
+# scoring figures when Ray is installed. Writes benchmarks/results/{streaming,ddp,ray}.json.
+bench-scale: $(STAMP)
+	WEIBO_SHARED=$(SHARED) $(BIN)/python benchmarks/streaming.py --backend onnx-int8
+	WEIBO_SHARED=$(SHARED) OMP_NUM_THREADS=1 $(BIN)/python benchmarks/ddp.py --device cpu --nprocs 1 2 --preset tiny \
+		--out benchmarks/results
+	if [ -f benchmarks/ray_scoring.py ] && $(BIN)/python -c "import ray" 2>/dev/null; then \
+		WEIBO_SHARED=$(SHARED) $(BIN)/python benchmarks/ray_scoring.py; fi
 
 # 2,000 requests at 32 concurrency to a loopback server with two adapters, one hot-swapped midway.
 loadtest: $(STAMP)

@@ -211,7 +211,7 @@ def test_predict_cli_routes_rows_by_adapter_column(cli, tmp_path, sample_adapter
     result = cli("predict", "--adapter", f"sent={sample_adapter}", "--input", data,
                  "--output", tmp_path / "x.jsonl")
     assert result.code == 2
-    assert result.err.strip() == "error: row 2: unknown adapter 'typo' (loaded: sent)"
+    assert result.err.strip() == f"error: {data}: line 3: unknown adapter 'typo' (loaded: sent)"
     assert not (tmp_path / "x.jsonl").exists()
 
 

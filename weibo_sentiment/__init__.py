@@ -5,6 +5,7 @@ The library API, in data-flow order::
     from weibo_sentiment import load_labelled, init_model, TrainConfig, train, Predictor, evaluate
 """
 
+from .adaptation import AdaptConfig, adapt_base
 from .data import LabelledData, load_labelled, read_texts, strip_emoticons
 from .errors import UserError
 from .evaluation import evaluate
@@ -13,6 +14,7 @@ from .modeling import init_model, load_classifier, load_tokenizer, resolve_base_
 from .training import TrainConfig, train
 
 __all__ = [
+    "AdaptConfig", "adapt_base",
     "LabelledData", "Prediction", "Predictor", "TrainConfig", "UserError", "evaluate", "init_model",
     "load_classifier", "load_labelled", "load_tokenizer", "read_texts", "resolve_base_model",
     "strip_emoticons", "train",

@@ -47,6 +47,7 @@ def combine(
     seed: int = 0,
     base_model: str | Path | None = None,
     model_dir: str | Path = DEFAULT_MODEL_DIR,
+    allow_other_base: bool = False,
 ) -> Path:
     """Combine adapters of one task into a new adapter directory.
 
@@ -92,7 +93,8 @@ def combine(
         shown = ", ".join(f"{n}: r={r}" for n, r in ranks.items())
         raise UserError(f"--method {method} needs adapters of the same LoRA rank ({shown}); use cat or svd")
 
-    predictor = Predictor.from_adapters(specs, base_model=base_model, model_dir=model_dir, device="cpu")
+    predictor = Predictor.from_adapters(specs, base_model=base_model, model_dir=model_dir, device="cpu",
+                                        allow_other_base=allow_other_base)
     model = predictor.model
     wrapper = model.base_model.model.score
     # PEFT holds the adapters under internal keys, never under the user's names (see Predictor.key).
@@ -183,6 +185,7 @@ def merge(
     *,
     base_model: str | Path | None = None,
     model_dir: str | Path = DEFAULT_MODEL_DIR,
+    allow_other_base: bool = False,
 ) -> Path:
     """Merge an adapter into its base and write a standalone model directory (safetensors, config with
     `id2label`, tokenizer) that plain `transformers` loads without PEFT."""
@@ -190,7 +193,7 @@ def merge(
     inputs = [("the --adapter directory", adapter), *base_inputs(base_model)]
     check_output_dir(output, "merged", inputs)  # before loading and merging
     predictor = Predictor.from_adapters({"adapter": adapter}, base_model=base_model, model_dir=model_dir,
-                                        device="cpu")
+                                        device="cpu", allow_other_base=allow_other_base)
     info = predictor.adapters["adapter"]
     model = predictor.model.merge_and_unload()
     # GPT-2's `score` head has no bias, so dividing its weight by the adapter's temperature T divides the logits

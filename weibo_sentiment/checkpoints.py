@@ -37,9 +37,12 @@ _IDENTITY_NAMES = {
     "weight_decay": "weight decay", "seed": "--seed", "validation_split": "--validation-split",
     "max_length": "--max-length", "lora_r": "--lora-r", "lora_alpha": "--lora-alpha", "lora_dropout": "--lora-dropout",
     "target_modules": "--target-modules", "precision": "precision", "emoticon_dropout": "--emoticon-dropout",
+    "world_size": "number of processes", "gradient_accumulation_steps": "--gradient-accumulation-steps",
+    # adapt-base (adaptation.py): absent from train's identities, so None on both sides there
+    "texts_sha256": "text files (sha256)", "method": "--method", "block_size": "--block-size",
 }
 # What a marker written before a setting joined the identity means by its absence.
-_IDENTITY_DEFAULTS = {"emoticon_dropout": 0.0}
+_IDENTITY_DEFAULTS = {"emoticon_dropout": 0.0, "world_size": 1, "gradient_accumulation_steps": 1}
 _EXTENSIBLE = {"epochs", "max_steps"}  # a finished run kept with --keep-checkpoints may be resumed to train longer
 
 
@@ -160,6 +163,7 @@ def claim_checkpoint_dir(checkpoints: Path, marker: dict | None, identity: dict,
     resume_from = None
     if config.resume:
         old = {**_IDENTITY_DEFAULTS, **marker["identity"]}
+        identity = {**_IDENTITY_DEFAULTS, **identity}  # an identity may leave out what is at its default
         differ = [k for k in _IDENTITY_NAMES if old.get(k) != identity.get(k)]
         if marker.get("completed") and set(differ) <= _EXTENSIBLE:
             differ = []  # training a finished run further: the schedule is the new length's
@@ -219,6 +223,14 @@ class CheckpointKeeper(TrainerCallback):
         return control
 
     def on_save(self, args, state, control, **kwargs):
+        # Several processes (torchrun): each writes its own rng_state_N.pth into the checkpoint and rank 0 the
+        # rest; once all have, rank 0 alone completes the checkpoint and removes old ones.
+        if args.world_size > 1:
+            import torch.distributed
+
+            torch.distributed.barrier()
+        if not state.is_world_process_zero:
+            return control
         root = Path(args.output_dir)
         folder = root / f"checkpoint-{state.global_step}"
         files = {}

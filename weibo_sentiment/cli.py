@@ -39,6 +39,10 @@ def _base_args(p: argparse.ArgumentParser, default: str | None) -> None:
                                                               " (default: the one in the adapter's run.json)"))
     p.add_argument("--model-dir", default="models/gpt2-chinese",
                    help="where a hub model is saved once downloaded (default: models/gpt2-chinese)")
+    if default is None:  # --base-model overrides the adapters' own base
+        p.add_argument("--allow-other-base", action="store_true",
+                       help="load adapters trained on another base than --base-model (their run.json fingerprint "
+                            "differs, e.g. the parent of an adapt-base model) anyway, with a warning")
 
 
 def _adapter_args(p: argparse.ArgumentParser, many: bool) -> None:
@@ -84,6 +88,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         label_names=label_names, text_labels=text_labels,
         lora_r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
         target_modules=args.target_modules, lr=args.lr, batch_size=args.batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
         eval_batch_size=args.eval_batch_size, epochs=args.epochs,
         max_steps=args.max_steps, max_length=args.max_length, warmup_ratio=args.warmup_ratio, seed=args.seed,
         emoticon_dropout=args.emoticon_dropout,
@@ -92,12 +97,33 @@ def cmd_train(args: argparse.Namespace) -> int:
         report_to=args.report_to,
     )
     result = train(config)
+    if not result.main_process:  # torchrun / accelerate launch: rank 0 reports
+        return 0
     best = result.run["best"]
     print(f"Best validation: accuracy {best['accuracy']:.4f}, macro-F1 {best['macro_f1']:.4f} "
           f"(epoch {best['epoch']:g}); padding share {result.run['tokens']['padding_share']:.1%}")
     stripped = result.run["validation_stripped"]
     print(f"With emoticons stripped: accuracy {stripped['accuracy']:.4f}, macro-F1 {stripped['macro_f1']:.4f}")
     print(f"Adapter saved to {result.output}")
+    return 0
+
+
+def cmd_adapt_base(args: argparse.Namespace) -> int:
+    from .adaptation import AdaptConfig, adapt_base
+
+    config = AdaptConfig(
+        texts=args.texts, output=args.output, base_model=args.base_model, model_dir=args.model_dir,
+        text_column=args.text_column, encoding=args.encoding, method=args.method, block_size=args.block_size,
+        lr=args.lr, batch_size=args.batch_size, epochs=args.epochs, max_steps=args.max_steps,
+        validation_split=args.validation_split, seed=args.seed, precision=args.precision,
+        checkpoint_dir=args.checkpoint_dir, save_steps=args.save_steps, resume=args.resume, restart=args.restart,
+        keep_checkpoints=args.keep_checkpoints, logging_steps=args.logging_steps,
+    )
+    result = adapt_base(config)
+    s = result.source
+    print(f"Held-out perplexity: {s['perplexity_before']:.2f} before, {s['perplexity_after']:.2f} after "
+          f"({s['steps']} steps, --method {s['method']})")
+    print(f"Adapted base model saved to {result.output}; use it with --base-model {result.output}")
     return 0
 
 
@@ -114,7 +140,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.plot:
         check_output_file(args.plot, "plot", inputs=[args.data])
     predictor = Predictor.from_adapters([args.adapter], base_model=args.base_model, model_dir=args.model_dir,
-                                        device=args.device, calibrated=not args.no_calibration)
+                                        device=args.device, calibrated=not args.no_calibration,
+                                        allow_other_base=args.allow_other_base)
     info = predictor.adapters[predictor.default]
     data = load_labelled(args.data, text_column=args.text_column, label_column=args.label_column,
                          encoding=args.encoding, label_names=info.label_names,
@@ -208,9 +235,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .export import load_predictor
 
     _check_min_confidence(args.min_confidence)  # before loading the model
+    if args.engine == "ray":
+        return _predict_ray(args)
+    streamed = {"--id-column": args.id_column, "--keep-columns": args.keep_columns, "--resume": args.resume}
+    if (given := [k for k, v in streamed.items() if v]) and (args.text or not args.input or args.input == "-"):
+        raise UserError(f"{', '.join(given)}: only for --input FILE (a file, not stdin or --text)")
     predictor = load_predictor(args.adapter, backend=args.backend, model=args.model,
                                base_model=args.base_model, model_dir=args.model_dir, device=args.device,
-                               calibrated=not args.no_calibration)
+                               calibrated=not args.no_calibration, allow_other_base=args.allow_other_base)
     if args.use:
         predictor.use(args.use)
     if args.text:
@@ -219,6 +251,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         for pred in preds:
             print(f"{pred.text}\n{result_line(pred, args.min_confidence)}")
         return 0
+    if args.input and str(args.input) != "-":
+        return _stream_file(predictor, args)
     if args.input:
         return _predict_file(predictor, args)
     return interactive(predictor, min_confidence=args.min_confidence)
@@ -230,7 +264,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.int8_fp32_blocks is not None and not args.int8:
         raise UserError("--int8-fp32-blocks applies to --int8 exports only")
     out = export_onnx(args.adapter, args.output, int8=args.int8, fp32_blocks=args.int8_fp32_blocks,
-                      base_model=args.base_model, model_dir=args.model_dir)
+                      base_model=args.base_model, model_dir=args.model_dir, allow_other_base=args.allow_other_base)
     print(f"ONNX export ({'int8' if args.int8 else 'fp32'}) written to {out}; "
           f"predict with `weibo-sentiment predict --model {out}`")
     return 0
@@ -246,6 +280,41 @@ def _report_truncated(predictor, preds) -> None:
     for max_length, texts in sorted(by_length.items()):
         if n := count_truncated(predictor.tokenizer, texts, max_length):
             logger.warning("%d text(s) longer than %d tokens were truncated to %d", n, max_length, max_length)
+
+
+def _predict_ray(args: argparse.Namespace) -> int:
+    """`--engine ray`: score --input's shards on Ray into the directory --output (weibo_sentiment.cluster)."""
+    from .cluster import score_files
+
+    if not args.input or args.input == "-" or args.text or not args.output:
+        raise UserError("--engine ray needs --input (a file, directory or glob of shards) and --output DIR")
+    if args.keep_columns or args.resume:
+        raise UserError("--keep-columns and --resume are for --engine local only")
+    marker = score_files(args.input, args.output, args.adapter, address=args.address, fmt=args.format,
+                         encoding=args.encoding, quiet=args.quiet, model=args.model, backend=args.backend,
+                         workers=args.workers, cpus_per_worker=args.cpus_per_worker,
+                         gpus_per_worker=args.gpus_per_worker, batch_size=args.chunk_size,
+                         model_batch_size=args.batch_size, text_column=args.text_column, id_column=args.id_column,
+                         calibrated=not args.no_calibration, min_confidence=args.min_confidence, use=args.use,
+                         base_model=args.base_model, model_dir=args.model_dir,
+                         allow_other_base=args.allow_other_base)
+    print(f"{marker['rows']} predictions written to {args.output}/ ({marker['format']} shards)", file=sys.stderr)
+    return 0
+
+
+def _stream_file(predictor, args: argparse.Namespace) -> int:
+    """`--input FILE`: read, predict and write a chunk at a time (weibo_sentiment.streaming)."""
+    from .streaming import predict_file
+
+    result = predict_file(predictor, args.input, args.output, text_column=args.text_column, encoding=args.encoding,
+                          id_column=args.id_column, keep_columns=args.keep_columns, fmt=args.format,
+                          batch_size=args.batch_size, chunk_size=args.chunk_size,
+                          min_confidence=args.min_confidence, resume=args.resume,
+                          progress=False if args.quiet else None)
+    if result.output is not None:
+        resumed = f" (resumed after row {result.resumed_from})" if result.resumed_from else ""
+        print(f"{result.rows} predictions written to {result.output}{resumed}", file=sys.stderr)
+    return 0
 
 
 def _predict_file(predictor, args: argparse.Namespace) -> int:
@@ -329,7 +398,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                  api_key=args.api_key, adapter_root=args.adapter_root,
                  max_texts=args.max_texts, max_chars=args.max_chars, max_body_bytes=args.max_body_bytes,
                  batch_wait_ms=args.batch_wait_ms, batch_size=args.batch_size, allowed_hosts=args.allow_host,
-                 threads=args.threads, max_queue=args.max_queue, calibrated=not args.no_calibration)
+                 threads=args.threads, max_queue=args.max_queue, calibrated=not args.no_calibration,
+                 allow_other_base=args.allow_other_base)
 
 
 def cmd_combine(args: argparse.Namespace) -> int:
@@ -337,7 +407,7 @@ def cmd_combine(args: argparse.Namespace) -> int:
 
     out = combine(args.adapter, args.output, weights=args.weights, method=args.method, density=args.density,
                   svd_rank=args.svd_rank, save_dtype=args.save_dtype, seed=args.seed,
-                  base_model=args.base_model, model_dir=args.model_dir)
+                  base_model=args.base_model, model_dir=args.model_dir, allow_other_base=args.allow_other_base)
     print(f"Combined adapter ({args.method}) saved to {out}")
     return 0
 
@@ -345,7 +415,8 @@ def cmd_combine(args: argparse.Namespace) -> int:
 def cmd_merge(args: argparse.Namespace) -> int:
     from .adapters import merge
 
-    out = merge(args.adapter, args.output, base_model=args.base_model, model_dir=args.model_dir)
+    out = merge(args.adapter, args.output, base_model=args.base_model, model_dir=args.model_dir,
+                allow_other_base=args.allow_other_base)
     print(f"Standalone model (adapter merged into its base) saved to {out}")
     return 0
 
@@ -396,7 +467,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora-dropout", type=float, default=0.1)
     p.add_argument("--target-modules", nargs="+", default=["c_attn", "c_proj"])
     p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=16,
+                   help="training texts per step and process (default: 16)")
+    p.add_argument("--gradient-accumulation-steps", type=int, default=1, metavar="N",
+                   help="add up the gradients of N batches per optimizer step: the effective batch is batch size x "
+                        "processes x N (default: 1; with torchrun --nproc_per_node 2, --batch-size 8 keeps 16)")
     p.add_argument("--eval-batch-size", type=int, default=None,
                    help="batch size of the per-epoch evaluation (default: 64 on the CPU, 256 on a GPU)")
     p.add_argument("--epochs", type=float, default=3)
@@ -428,6 +503,39 @@ def build_parser() -> argparse.ArgumentParser:
                         "MLflow's own default otherwise; pip install mlflow) (default: none)")
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("adapt-base", help="continue the base model's language-model training on unlabelled texts "
+                                          "(domain adaptation); writes a new base model directory")
+    p.add_argument("--texts", nargs="+", required=True, metavar="FILE",
+                   help="CSV/TSV (the --text-column; labels, if any, ignored) or .txt (one text per line)")
+    p.add_argument("--output", required=True, help="base model directory to write (usable as --base-model)")
+    _base_args(p, "uer/gpt2-chinese-cluecorpussmall")
+    p.add_argument("--text-column", default="review", help="column holding the text (default: review)")
+    p.add_argument("--encoding", default="utf-8", help="file encoding (default: utf-8, with or without BOM)")
+    p.add_argument("--method", default="full", choices=["full", "lora"],
+                   help="full: update every weight (default; see docs/adaptation.md); lora: LoRA on c_attn c_proj "
+                        "c_fc, merged into the weights at the end")
+    p.add_argument("--block-size", type=int, default=128,
+                   help="tokens per training block: texts are joined with [SEP] and cut into blocks (default: 128)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: 5e-4 full, 2e-3 lora)")
+    p.add_argument("--batch-size", type=int, default=32, help="blocks per step (default: 32)")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--epochs", type=float, default=1, help="passes over the texts (default: 1)")
+    length.add_argument("--max-steps", type=int, default=-1, help="stop after this many steps instead")
+    p.add_argument("--validation-split", type=float, default=0.01,
+                   help="share of the texts held out for the perplexity before and after (default: 0.01)")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="auto: bf16 (or fp16) on a CUDA GPU, fp32 on the CPU")
+    p.add_argument("--checkpoint-dir", help="directory of this run's checkpoints (default: OUTPUT.checkpoints)")
+    p.add_argument("--save-steps", type=int, default=500, metavar="N", help="a checkpoint every N steps (default: 500)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the last complete checkpoint (same texts and settings only)")
+    p.add_argument("--restart", action="store_true",
+                   help="discard the checkpoints of an earlier run in the checkpoint dir and start afresh")
+    p.add_argument("--keep-checkpoints", action="store_true", help="keep checkpoints after a successful run")
+    p.add_argument("--logging-steps", type=int, default=50, help="print the LM loss every N steps (default: 50)")
+    p.set_defaults(func=cmd_adapt_base)
+
     p = sub.add_parser("evaluate", help="accuracy, macro-F1, per-class scores and confusion matrix on a labelled file")
     _adapter_args(p, many=False)
     p.add_argument("--data", required=True, help="labelled CSV/TSV")
@@ -447,9 +555,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="predict texts: interactive, --text, or --input FILE")
     _adapter_args(p, many=True)
     p.add_argument("--text", action="append", help="a text to classify; repeat for several")
-    p.add_argument("--input", help="CSV/TSV (text column), .txt (one text per line) or - for stdin")
-    p.add_argument("--output", help=".csv or .jsonl to write (default: JSON lines on stdout)")
-    p.add_argument("--format", choices=["csv", "jsonl"], help="output format (default: from --output's suffix)")
+    p.add_argument("--input", help="CSV/TSV (text column), JSONL, Parquet, .txt (one text per line) or - for "
+                                    "stdin; files are streamed a chunk at a time")
+    p.add_argument("--output", help=".csv, .jsonl or .parquet to write (default: JSON lines on stdout)")
+    p.add_argument("--format", choices=["csv", "jsonl", "parquet"],
+                   help="output format (default: from --output's suffix)")
+    p.add_argument("--id-column", metavar="NAME", help="input column copied into every output row (first column)")
+    p.add_argument("--keep-columns", action="store_true",
+                   help="copy all other input columns into the output (after the prediction's; a name already "
+                        "taken becomes input_NAME)")
+    p.add_argument("--chunk-size", type=int, default=4096, metavar="N",
+                   help="rows read, sorted by length, predicted and written at a time (default: 4096)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted --input/--output run after its last complete chunk (same input, "
+                        "adapters and options)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--backend", default="torch", choices=["torch", "onnx", "onnx-int8"],
                    help="torch (default), or ONNX Runtime on the CPU with the adapter merged into its base: "
                         "onnx (fp32) or onnx-int8 (fastest); with --adapter the export is made for this run")
@@ -459,6 +579,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-confidence", type=float, metavar="X",
                    help="mark predictions whose confidence is below X (0 < X < 1) as uncertain: an `uncertain` "
                         "column in files, '(uncertain)' on the console; the label stays the most likely one")
+    p.add_argument("--engine", default="local", choices=["local", "ray"],
+                   help="local (default: this process, streaming) or ray: --input's shards (a file, directory or "
+                        "glob) scored by a pool of Ray actors into the directory --output")
+    g = p.add_argument_group("--engine ray")
+    g.add_argument("--address", help="Ray cluster to join (auto, ray://HOST:10001; default: RAY_ADDRESS, else a "
+                                     "local Ray)")
+    g.add_argument("--workers", type=int, default=2, metavar="N", help="actors, each loading the model once "
+                                                                         "(default: 2)")
+    g.add_argument("--cpus-per-worker", type=float, default=1, metavar="C",
+                   help="CPUs per actor, also its torch threads (default: 1)")
+    g.add_argument("--gpus-per-worker", type=float, default=0, metavar="G", help="GPUs per actor (default: 0)")
     _base_args(p, None)
     _data_args(p)
     p.set_defaults(func=cmd_predict)

@@ -111,6 +111,7 @@ def export_onnx(
     name: str | None = None,
     base_model: str | Path | None = None,
     model_dir: str | Path = DEFAULT_MODEL_DIR,
+    allow_other_base: bool = False,
 ) -> Path:
     """Merge `adapter` into its base and write an ONNX export directory to `output` (atomically).
 
@@ -120,7 +121,7 @@ def export_onnx(
     check_output_dir(output, "export", inputs)  # before loading and merging
     name = name or adapter.resolve().name or "adapter"
     predictor = Predictor.from_adapters({name: adapter}, base_model=base_model, model_dir=model_dir,
-                                        device="cpu")
+                                        device="cpu", allow_other_base=allow_other_base)
     info = predictor.adapters[name]
     model = predictor.model.merge_and_unload().eval()
     inputs.append(("the base model", predictor.base_dir))
@@ -296,6 +297,7 @@ def load_predictor(
     model_dir: str | Path = DEFAULT_MODEL_DIR,
     device: str | None = None,
     calibrated: bool = True,
+    allow_other_base: bool = False,
 ) -> Predictor | OnnxPredictor:
     """The predictor for a backend: torch over adapters, or ONNX Runtime over an export.
 
@@ -316,7 +318,7 @@ def load_predictor(
     adapters = list(adapters or ["best_weibo_sentiment_lora"])
     if backend == "torch":
         return Predictor.from_adapters(adapters, base_model=base_model, model_dir=model_dir, device=device,
-                                       calibrated=calibrated)
+                                       calibrated=calibrated, allow_other_base=allow_other_base)
     if len(adapters) != 1:
         raise UserError(f"--backend {backend} runs one adapter merged into its base; pass one --adapter")
     if device not in (None, "cpu"):
@@ -325,5 +327,5 @@ def load_predictor(
     logger.info("exporting %s to ONNX for this run (keep an export with `weibo-sentiment export`)", path)
     with tempfile.TemporaryDirectory(prefix="weibo-sentiment-onnx-") as tmp:
         out = export_onnx(path, Path(tmp) / "export", int8=backend == "onnx-int8", name=name,
-                          base_model=base_model, model_dir=model_dir)
+                          base_model=base_model, model_dir=model_dir, allow_other_base=allow_other_base)
         return OnnxPredictor(out, calibrated=calibrated)  # the session holds the model in memory; the files may go

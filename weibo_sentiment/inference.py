@@ -163,11 +163,14 @@ class Predictor:
         model_dir: str | Path = DEFAULT_MODEL_DIR,
         device: torch.device | str | None = None,
         calibrated: bool = True,
+        allow_other_base: bool = False,
     ) -> Predictor:
         """Load adapters (`{name: dir}` or a list of `NAME=DIR`/`DIR`) onto their base model.
 
-        The base comes from the first adapter's `run.json` unless `base_model` is given. `calibrated=False`
-        gives raw probabilities (temperature 1) instead of the adapters' calibrated ones.
+        The base comes from the first adapter's `run.json` unless `base_model` is given. Every adapter's recorded
+        base fingerprint must match the loaded base, also one named by `base_model` (an adapted base differs from
+        its parent); `allow_other_base=True` loads a mismatching adapter anyway, with a warning.
+        `calibrated=False` gives raw probabilities (temperature 1) instead of the adapters' calibrated ones.
         """
         specs = dict(adapters) if isinstance(adapters, Mapping) else parse_adapter_specs(adapters)
         if not specs:
@@ -179,7 +182,7 @@ class Predictor:
             base_dir, base_name = _base_dir_from_run(first, model_dir), first["base_model"]
         predictor = cls(base_dir, device=device, base_model=base_name, calibrated=calibrated)
         for name, path in specs.items():
-            predictor.add_adapter(name, path, check_base=base_model is None)
+            predictor.add_adapter(name, path, check_base=not allow_other_base)
         return predictor
 
     def key(self, name: str) -> str:
@@ -198,11 +201,17 @@ class Predictor:
         if not isinstance(name, str) or not name:
             raise UserError(f"adapter name {name!r} is empty; name it with --adapter NAME={path}")
         run = read_run(path)
-        if check_base and run.get("base_fingerprint") not in (None, self.fingerprint):
-            raise UserError(
-                f"adapter {name!r} ({path}) was trained on base model {run.get('base_model')!r}, "
-                f"not on the loaded base {self.base_model!r}; adapters on one base must share it"
-            )
+        if run.get("base_fingerprint") not in (None, self.fingerprint):
+            if check_base:
+                raise UserError(
+                    f"adapter {name!r} ({path}) was trained on base model {run.get('base_model')!r}, "
+                    f"not on the loaded base {self.base_model!r}; adapters on one base must share it "
+                    f"(fingerprint {run.get('base_fingerprint')}, loaded {self.fingerprint}; "
+                    f"--allow-other-base loads it anyway)"
+                )
+            logger.warning("--allow-other-base: adapter %r was trained on base model %r (fingerprint %s), not on the "
+                           "loaded base %r (fingerprint %s); its predictions may be wrong", name,
+                           run.get("base_model"), run.get("base_fingerprint"), self.base_model, self.fingerprint)
         rows = _head_rows(path)
         if rows != len(run["label_names"]):
             raise UserError(f"{path}: run.json names {len(run['label_names'])} labels but the head has {rows}")

@@ -61,6 +61,7 @@ OUTPUT_KINDS = {
     "merged": ("a merged model written by weibo-sentiment", ("weibo_sentiment_merge.json",)),
     "export": ("an ONNX export written by weibo-sentiment", ("export.json",)),
     "base": ("a base model written by weibo-sentiment", (SOURCE_FILE,)),
+    "ray-output": ("scores written by weibo-sentiment predict --engine ray", ("weibo_sentiment_scores.json",)),
 }
 
 Inputs = Iterable[tuple[str, str | Path | None]]

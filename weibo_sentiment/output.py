@@ -41,6 +41,13 @@ def _is_ours(path: Path, kind: str) -> bool:
             return is_our_png(f.read(65536))
     head = _head(path)
     first = head.lstrip("\ufeff").split("\n", 1)[0].strip()
+    if kind == "predictions" and head.startswith("PAR1"):  # a Parquet table (predict --output X.parquet)
+        try:
+            import pyarrow.parquet as pq
+
+            return PREDICTION_COLUMNS <= set(pq.read_schema(path).names)
+        except Exception:  # pyarrow's own errors for a damaged or foreign file
+            return False
     if kind == "predictions":
         if first.startswith("{"):
             try:

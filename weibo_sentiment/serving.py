@@ -812,6 +812,7 @@ def serve(
     access_log: bool = True,
     threads: int | None = None,
     calibrated: bool = True,
+    allow_other_base: bool = False,
     **options,
 ) -> int:
     """Load the adapters and serve them until interrupted. `options` are AppSettings fields; `allowed_hosts`
@@ -831,7 +832,8 @@ def serve(
         from .export import load_predictor
 
         predictor = load_predictor(adapters, backend=backend, model=model, base_model=base_model,
-                                   model_dir=model_dir, device=device, calibrated=calibrated)
+                                   model_dir=model_dir, device=device, calibrated=calibrated,
+                                   allow_other_base=allow_other_base)
         if use:
             predictor.use(use)
         hosts = [*LOOPBACK_HOSTS, host, *(settings.allowed_hosts or ())] if is_loopback(host) else None

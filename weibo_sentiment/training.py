@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -47,6 +48,7 @@ from .modeling import (
     resolve_base_model,
     save_tokenizer,
 )
+from .plots import training_extras
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +73,8 @@ class TrainConfig:
     lora_dropout: float = 0.1
     target_modules: list[str] = field(default_factory=lambda: ["c_attn", "c_proj"])
     lr: float = 5e-4
-    batch_size: int = 16
+    batch_size: int = 16  # per process: the effective batch is batch_size x processes x gradient_accumulation_steps
+    gradient_accumulation_steps: int = 1
     eval_batch_size: int | None = None  # None: 64 on the CPU, 256 on a GPU (evaluation holds no gradients)
     epochs: float = 3.0
     max_steps: int = -1
@@ -102,6 +105,69 @@ class TrainResult:
     run: dict
     # (real, padded) tokens of every collated batch in order: training steps, then evaluation batches.
     batches: list[tuple[int, int]] = field(default_factory=list, repr=False)
+    # False in the other processes of a data-parallel run (torchrun, accelerate launch): only rank 0 reports.
+    main_process: bool = True
+
+
+class Ranks:
+    """Where this process stands in a data-parallel run started by `torchrun` or `accelerate launch` (their RANK and
+    WORLD_SIZE); one process alone is rank 0 of 1 and nothing here changes what it does.
+
+    With several processes the process group is set up at once (gloo on the CPU, NCCL on CUDA: the backends
+    `TrainingArguments` would pick, which it then reuses), so that rank 0 alone can claim the checkpoint directory
+    and write the adapter while the others wait for its outcome (`once`)."""
+
+    def __init__(self):
+        self.rank = int(os.environ.get("RANK", 0))
+        self.world = int(os.environ.get("WORLD_SIZE", 1))
+        self.main = self.rank == 0
+        self.cuda = torch.cuda.is_available()
+        if self.world > 1:
+            from datetime import timedelta
+
+            from accelerate import PartialState
+
+            # The CPU needs use_cpu + gloo: without them each rank would train alone, on its own (identical) data.
+            PartialState(cpu=not self.cuda, backend="nccl" if self.cuda else "gloo",
+                         **({"timeout": timedelta(seconds=1800)} if self.cuda else {}))
+            if not self.main:  # logs once: the other ranks say only what goes wrong
+                logging.getLogger("weibo_sentiment").setLevel(logging.WARNING)
+
+    def training_arguments(self) -> dict:
+        """The Trainer's distributed settings (none for one process)."""
+        if self.world == 1:
+            return {}
+        # PEFT models would make the Trainer search for unused parameters after every backward pass; all are used.
+        # Logs and checkpoints come from rank 0 only, not from the first process of every node.
+        extra = {"ddp_find_unused_parameters": False, "ddp_backend": "nccl" if self.cuda else "gloo",
+                 "log_on_each_node": False, "save_on_each_node": False}
+        return extra if self.cuda else {**extra, "use_cpu": True}
+
+    def once(self, work: Callable[[], object]):
+        """`work()` on rank 0 alone; every rank returns its result or raises its UserError (so that a refusal stops
+        all processes instead of leaving the others waiting)."""
+        if self.world == 1:
+            return work()
+        outcome: list = [None]
+        failure = None
+        if self.main:
+            try:
+                outcome[0] = ("ok", work())
+            except UserError as e:
+                outcome[0] = ("refused", str(e))
+            except BaseException as e:  # noqa: BLE001 (passed on, then raised here)
+                outcome[0], failure = ("failed", f"rank 0 failed: {type(e).__name__}: {e}"), e
+        torch.distributed.broadcast_object_list(outcome, src=0)
+        if failure is not None:
+            raise failure
+        kind, value = outcome[0]
+        if kind != "ok":
+            raise UserError(value)
+        return value
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
 
 
 class PaddedBatches:
@@ -309,6 +375,18 @@ class _SentimentTrainer(Trainer):
         return EpochSeededLengthSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
                                         lengths, self.args.data_seed, dataset)
 
+    def get_train_dataloader(self):
+        loader = super().get_train_dataloader()
+        # With several processes accelerate deals the sampler's batches out to the ranks in turn (BatchSamplerShard:
+        # rank r runs batches r, r + N, ...; all ranks the same number). That wrapper has no set_epoch, and in an
+        # epoch resumed in its middle (the shard wrapped again to skip batches) neither the Trainer nor accelerate
+        # would reach the sampler: it would deal out the wrong epoch's order. Give the wrapper the sampler's.
+        shard = getattr(loader, "batch_sampler", None)
+        sampler = getattr(getattr(shard, "batch_sampler", None), "sampler", None)
+        if isinstance(sampler, EpochSeededLengthSampler) and not hasattr(shard, "set_epoch"):
+            shard.set_epoch = sampler.set_epoch
+        return loader
+
 
 def train(config: TrainConfig, callbacks: list | None = None) -> TrainResult:
     """Fine-tune a LoRA adapter and write the best one (by validation macro-F1) to `config.output`.
@@ -327,7 +405,11 @@ def train(config: TrainConfig, callbacks: list | None = None) -> TrainResult:
     checkpoints = config.checkpoints()
     if config.save_steps < 1:
         raise UserError(f"--save-steps {config.save_steps}: must be at least 1")
-    marker = inspect_checkpoint_dir(checkpoints, config)
+    if config.gradient_accumulation_steps < 1:
+        raise UserError(f"--gradient-accumulation-steps {config.gradient_accumulation_steps}: must be at least 1")
+    ranks = Ranks()
+    # The checkpoint directory is rank 0's: it inspects and claims it, the other ranks wait for what it found.
+    marker = ranks.once(lambda: inspect_checkpoint_dir(checkpoints, config))
 
     base_dir = resolve_base_model(config.base_model, config.model_dir)
     tokenizer = load_tokenizer(base_dir)
@@ -342,7 +424,9 @@ def train(config: TrainConfig, callbacks: list | None = None) -> TrainResult:
     val_set = encode(tokenizer, val_texts, val_labels, config.max_length)
     precision_name = "bf16" if precision["bf16"] else "fp16" if precision["fp16"] else "fp32"
     identity = run_identity(config, files, data.label_names, base_dir, precision_name)
-    resume_from = claim_checkpoint_dir(checkpoints, marker, identity, config)
+    if ranks.world > 1 or config.gradient_accumulation_steps > 1:  # absent: 1 (see checkpoints._IDENTITY_DEFAULTS)
+        identity.update(world_size=ranks.world, gradient_accumulation_steps=config.gradient_accumulation_steps)
+    resume_from = ranks.once(lambda: claim_checkpoint_dir(checkpoints, marker, identity, config))
 
     set_seed(config.seed)
     model = load_classifier(base_dir, data.label_names, tokenizer, attn_implementation="sdpa")
@@ -350,13 +434,15 @@ def train(config: TrainConfig, callbacks: list | None = None) -> TrainResult:
     model = get_peft_model(model, lora_config(config))
     if not torch.cuda.is_available():
         fast_dropout(model)
-    model.print_trainable_parameters()
+    if ranks.main:
+        model.print_trainable_parameters()
     trainable, total = model.get_nb_trainable_parameters()
 
     collator = PaddedBatches(tokenizer, pad_to_multiple_of=8 if torch.cuda.is_available() else None)
     args = TrainingArguments(
         output_dir=str(checkpoints),
         per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
         per_device_eval_batch_size=config.eval_batch_size or (256 if torch.cuda.is_available() else 64),
         learning_rate=config.lr,
         num_train_epochs=config.epochs,
@@ -382,7 +468,7 @@ def train(config: TrainConfig, callbacks: list | None = None) -> TrainResult:
         data_seed=config.seed,
         dataloader_pin_memory=torch.cuda.is_available(),
         optim="adamw_torch_fused",  # one fused kernel per step for all LoRA tensors, on the CPU too
-        **precision,
+        **{**precision, **ranks.training_arguments()},
     )
     trainer = _SentimentTrainer(
         model=model,
@@ -406,6 +492,7 @@ def train(config: TrainConfig, callbacks: list | None = None) -> TrainResult:
          "macro_f1": e["eval_macro_f1"]}
         for e in evals
     ]
+    ranks.barrier()  # rank 0 has written (and completed) every checkpoint
     if epochs:  # the first epoch with the highest macro-F1, as the Trainer's best model
         best_step = max(evals, key=lambda e: e["eval_macro_f1"])["step"]
         load_checkpoint_weights(model, checkpoints / f"checkpoint-{best_step}")
@@ -415,12 +502,16 @@ def train(config: TrainConfig, callbacks: list | None = None) -> TrainResult:
                    "macro_f1": final["eval_macro_f1"]}]
     best = max(epochs, key=lambda e: e["macro_f1"])
     # Temperature scaling on the validation split with the best weights: every prediction path divides the
-    # logits by it, so the reported confidence means what it says (see calibration.py).
+    # logits by it, so the reported confidence means what it says (see calibration.py). With several processes
+    # predict() is collective: each rank scores its shard and all get every prediction.
     counted = collator.real_tokens, collator.padded_tokens, len(collator.batches)
     validation = trainer.predict(val_set)
     collator.real_tokens, collator.padded_tokens = counted[:2]  # the padding report covers training + epochs
     del collator.batches[counted[2]:]
     temperature, calibration = fit_validation(validation.predictions, validation.label_ids)
+    if ranks.world > 1:  # the padding report covers every rank's batches
+        counts = torch.tensor([collator.real_tokens, collator.padded_tokens], device=args.device)
+        collator.real_tokens, collator.padded_tokens = map(int, trainer.accelerator.reduce(counts, "sum").tolist())
 
     run = {
         "base_model": _portable_base(config.base_model, base_dir),
@@ -433,9 +524,13 @@ def train(config: TrainConfig, callbacks: list | None = None) -> TrainResult:
                  "target_modules": list(config.target_modules)},
         "trainable_parameters": trainable,
         "total_parameters": total,
-        "training": {k: v for k, v in asdict(config).items()
-                     if k in ("lr", "batch_size", "epochs", "max_steps", "warmup_ratio", "weight_decay", "seed",
-                              "validation_split", "save_dtype", "emoticon_dropout")},
+        "training": {**{k: v for k, v in asdict(config).items()
+                        if k in ("lr", "batch_size", "gradient_accumulation_steps", "epochs", "max_steps",
+                                 "warmup_ratio", "weight_decay", "seed", "validation_split", "save_dtype",
+                                 "emoticon_dropout")},
+                     "world_size": args.world_size,
+                     "effective_batch_size": args.train_batch_size * args.world_size
+                     * args.gradient_accumulation_steps},
         "precision": "bf16" if precision["bf16"] else "fp16" if precision["fp16"] else "fp32",
         "data": files,
         "rows": {"train": len(train_texts), "validation": len(val_texts)},
@@ -449,12 +544,18 @@ def train(config: TrainConfig, callbacks: list | None = None) -> TrainResult:
                    "padding_share": round(collator.padding_share(), 4)},
         "versions": package_versions(),
     }
-    output = save_adapter(model, tokenizer, run, config.output, config.save_dtype,
-                          extras=_training_picture(trainer.state.log_history))
-    release_checkpoint_dir(checkpoints, keep=config.keep_checkpoints)
+
+    def write() -> Path:  # rank 0 alone, once every rank is done with the checkpoints
+        written = save_adapter(model, tokenizer, run, config.output, config.save_dtype,
+                               extras=training_extras(trainer.state.log_history))  # training.png
+        release_checkpoint_dir(checkpoints, keep=config.keep_checkpoints)
+        return written
+
+    ranks.barrier()
+    output = ranks.once(write)
     logger.info("best validation macro-F1 %.4f (epoch %s); adapter written to %s",
                 best["macro_f1"], best["epoch"], output)
-    return TrainResult(output=output, run=run, batches=collator.batches)
+    return TrainResult(output=output, run=run, batches=collator.batches, main_process=ranks.main)
 
 
 def save_adapter(model, tokenizer, run: dict, output: str | Path, save_dtype: str = "float32",
@@ -539,9 +640,3 @@ def _tensorboard_dir(trainer: Trainer, config: TrainConfig) -> None:
         if isinstance(callback, TensorBoardCallback) and callback.logging_dir is None:
             callback.logging_dir = str(tensorboard_dir(config))
 
-
-def _training_picture(log_history: list[dict]) -> Callable[[Path], None]:
-    """`save_adapter` extras: training.png (loss per step, validation scores per epoch); a failure only warns."""
-    from .plots import training_extras
-
-    return training_extras(log_history)
