@@ -7,14 +7,12 @@ import csv
 import json
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
+import ray  # `make install` installs the cluster extra: a missing Ray fails here, it is never skipped
 
 from tests.conftest import SAMPLE
-
-ray = pytest.importorskip("ray")
-pq = pytest.importorskip("pyarrow.parquet")
-
-from weibo_sentiment.cluster import MARKER_FILE, MISSING_RAY  # noqa: E402
+from weibo_sentiment.cluster import MARKER_FILE, MISSING_RAY
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Ray Data's own settings
 
