@@ -27,7 +27,9 @@ import time
 from pathlib import Path
 
 import torch
+from machine import cpu_name  # benchmarks/: the script folder is on sys.path
 from sklearn.model_selection import train_test_split
+from workbench import write_report
 
 from weibo_sentiment.adapter_io import WEIGHTS_FILE, package_versions
 from weibo_sentiment.adapters import COMBINE_METHODS, combine
@@ -299,14 +301,9 @@ def main(argv: list[str] | None = None) -> int:
         report["production_size_check"] = production_size_check(vocab, work, splits["weibo"]["train"],
                                                                  heldout["weibo"].texts[:200])
     report.update(seconds=round(time.perf_counter() - started, 1),
-                  machine=f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}",
+                  machine=f"{cpu_name()} ({platform.machine()}), {os.cpu_count()} CPU cores, torch {torch.__version__}",
                   versions=package_versions())
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n",
-                                        encoding="utf-8")
-    out.write_text(markdown(report), encoding="utf-8")
-    print(markdown(report))
+    write_report(Path(args.output), report, markdown)
     return 0
 
 

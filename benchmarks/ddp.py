@@ -112,6 +112,7 @@ def main() -> int:
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         (Path(args.out) / "ddp.json").write_text(json.dumps({"device": device, "settings": vars(args),
+                                                             "load_average_end": [round(x, 2) for x in os.getloadavg()],
                                                              "runs": results}, indent=2) + "\n")
     return 0
 

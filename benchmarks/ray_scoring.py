@@ -14,7 +14,6 @@ machine may be shared, so the figures are rough.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import subprocess
@@ -23,9 +22,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("WEIBO_SHARED", ROOT.parent / "shared")).resolve()
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+from workbench import tiny_adapter, weibo_rows, write_csv  # noqa: E402
 
 
 def child(args: argparse.Namespace) -> None:
@@ -62,18 +61,14 @@ def child(args: argparse.Namespace) -> None:
 
 
 def make_rows(n: int, work: Path, shards: int = 4) -> tuple[Path, Path]:
+    """`n` rows as one CSV and as `shards` CSV shards (every shards-th row each)."""
     whole, parts = work / f"rows-{n}.csv", work / f"shards-{n}"
     if whole.exists() and parts.exists():
         return whole, parts
-    with (SHARED / "data" / "weibo_senti_100k" / "test.csv").open(encoding="utf-8", newline="") as f:
-        source = list(csv.reader(f))[1:]
-    rows = [[i, *source[i % len(source)][:2]] for i in range(n)]
+    rows = list(weibo_rows(n))
     parts.mkdir(parents=True, exist_ok=True)
     for path, chunk in [(whole, rows)] + [(parts / f"part-{s}.csv", rows[s::shards]) for s in range(shards)]:
-        with path.open("w", encoding="utf-8", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["id", "label", "review"])
-            writer.writerows(chunk)
+        write_csv(path, chunk)
     return whole, parts
 
 
@@ -102,16 +97,7 @@ def main() -> None:
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    base, adapter = work / "tiny", work / "adapter"
-    cli = [sys.executable, "-m", "weibo_sentiment"]
-    if not base.exists():
-        subprocess.run([*cli, "init-model", "--preset", "tiny", "--vocab",
-                        str(SHARED / "models" / "gpt2-chinese-cluecorpussmall" / "vocab.txt"), "--output",
-                        str(base)], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
-    if not adapter.exists():
-        subprocess.run([*cli, "train", "--data", str(ROOT / "examples" / "weibo_sample.csv"), "--base-model",
-                        str(base), "--output", str(adapter), "--max-steps", "20"], check=True, cwd=ROOT,
-                       stdout=subprocess.DEVNULL)
+    _, adapter = tiny_adapter(work)
     whole, parts = make_rows(args.rows, work)
     local = run_child("--mode", "local", "--adapter", str(adapter), "--input", str(whole),
                       "--output", str(work / "out-local"))
@@ -120,7 +106,7 @@ def main() -> None:
                           "--output", str(work / "out-ray"), "--workers", str(args.workers))
     print("ray", clustered, flush=True)
     result = {"cpu": cpu_name(), "cores": os.cpu_count(), "rows": args.rows, "model": "tiny (2 layers, 128 wide)",
-              "backend": "torch", "note": "shared machine: rough figures",
+              "backend": "torch", "load_average_end": [round(x, 2) for x in os.getloadavg()],
               "single_process_streaming": local, f"ray_{args.workers}_workers": clustered}
     out = ROOT / "benchmarks" / "results" / "ray.json"
     out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

@@ -17,7 +17,6 @@ Writes benchmarks/results/streaming.json with the CPU's name.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import resource
@@ -27,9 +26,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("WEIBO_SHARED", ROOT.parent / "shared")).resolve()
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+from workbench import cli, tiny_adapter, weibo_rows, write_csv  # noqa: E402
 
 
 def child(args: argparse.Namespace) -> None:
@@ -62,24 +61,9 @@ def child(args: argparse.Namespace) -> None:
 
 
 def make_rows(n: int, path: Path) -> Path:
-    if path.exists():
-        return path
-    with (SHARED / "data" / "weibo_senti_100k" / "test.csv").open(encoding="utf-8", newline="") as f:
-        source = list(csv.reader(f))[1:]
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["id", "label", "review"])
-        for i in range(n):
-            label, text = source[i % len(source)][:2]
-            writer.writerow([i, label, text])
-    tmp.rename(path)
+    if not path.exists():
+        write_csv(path, weibo_rows(n))
     return path
-
-
-def cli(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "weibo_sentiment", *args], check=True, cwd=ROOT,
-                   stdout=subprocess.DEVNULL)
 
 
 def main() -> None:
@@ -102,13 +86,7 @@ def main() -> None:
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    base, adapter = work / "tiny", work / "adapter"
-    if not base.exists():
-        cli("init-model", "--preset", "tiny", "--vocab",
-            str(SHARED / "models" / "gpt2-chinese-cluecorpussmall" / "vocab.txt"), "--output", str(base))
-    if not adapter.exists():
-        cli("train", "--data", str(ROOT / "examples" / "weibo_sample.csv"), "--base-model", str(base),
-            "--output", str(adapter), "--max-steps", "20")
+    _, adapter = tiny_adapter(work)
     model = work / f"export-{args.backend}"
     if args.backend != "torch" and not model.exists():
         cli("export", "--adapter", str(adapter), "--output", str(model),
@@ -132,6 +110,7 @@ def main() -> None:
         "model": "tiny random-weight GPT-2 (2 layers, 128 wide, real vocabulary), adapter trained 20 steps",
         "rows_big": args.rows,
         "chunk_size": 4096,
+        "load_average_end": [round(x, 2) for x in os.getloadavg()],
         "runs": results,
         "peak_rss_difference_mb": round(results["stream-big"]["peak_rss_mb"] - results["stream-10k"]["peak_rss_mb"], 1),
         "stream_vs_memory_rows_per_s": round(results["stream-10k"]["rows_per_s"] / results["memory-10k"]["rows_per_s"],

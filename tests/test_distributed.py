@@ -221,3 +221,26 @@ def test_kill_9_then_resume_under_two_processes(two_process_run, tmp_path, tiny_
     diff = np.abs(predictor.predict_proba(texts, "ref") - predictor.predict_proba(texts, "resumed")).max()
     print(f"max |probability difference| resumed vs uninterrupted (2 processes): {diff:.3g}")
     assert diff < 1e-4
+
+
+def test_adapt_base_on_two_processes_writes_one_base(tmp_path, tiny_base):
+    """adapt-base under torchrun: rank 0 alone claims the checkpoint directory and writes the base; the Trainer
+    runs DDP over gloo (each rank its half of the blocks), and the source marker records the world size."""
+    from weibo_sentiment.modeling import SOURCE_FILE
+
+    out = tmp_path / "adapted"
+    command = torchrun("-m", "weibo_sentiment", "adapt-base", "--texts", SAMPLE, "--base-model", tiny_base,
+                       "--output", out, "--max-steps", 6, "--block-size", 64, "--batch-size", 4,
+                       "--validation-split", 0.1, "--lr", 3e-3, "--save-steps", 3)
+    # A refusal found by rank 0 stops both processes, and is said once.
+    refused = subprocess.run([*command, "--resume"], cwd=tmp_path, env=env(), capture_output=True, text=True,
+                             timeout=300)
+    assert refused.returncode != 0
+    assert refused.stderr.count("error: --resume: no checkpoint in") == 1, refused.stderr[-4000:]
+    run = subprocess.run(command, cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-4000:]
+    source = json.loads((out / SOURCE_FILE).read_text(encoding="utf-8"))
+    assert source["world_size"] == 2 and source["effective_batch_size"] == 8 and source["steps"] == 6
+    assert source["perplexity_after"] < source["perplexity_before"]
+    assert run.stdout.count("Held-out perplexity:") == 1  # printed by rank 0 only
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapted"]  # checkpoints released, nothing else written

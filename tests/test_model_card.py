@@ -87,6 +87,15 @@ def test_card_without_stripped_figure_or_temperature_says_so(sample_adapter):
     assert "torch.softmax(logits, dim=-1)" in text  # no division by a temperature in the snippet
 
 
+def test_card_of_a_data_parallel_run_states_the_effective_batch(sample_adapter):
+    run = read_run(sample_adapter)
+    run["training"].update(batch_size=8, world_size=2, gradient_accumulation_steps=1, effective_batch_size=16)
+    text = adapter_card(run, sample_adapter).text
+    assert "batch size 8 per process × 2 process(es) × 1 accumulation step(s) = 16 per optimiser step" in text
+    run["training"].update(batch_size=16, world_size=1, effective_batch_size=16)
+    assert "batch size 16, " in adapter_card(run, sample_adapter).text
+
+
 def test_hub_base_is_named_by_its_hub_id(sample_adapter):
     run = {**read_run(sample_adapter), "base_model": "uer/gpt2-chinese-cluecorpussmall", "base_model_dir": None}
     loaded = adapter_card(run, sample_adapter)

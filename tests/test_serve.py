@@ -407,12 +407,15 @@ def test_paths_and_names_that_leave_the_root_are_refused(managed):
 
 def test_adapter_for_another_base_is_refused_without_revealing_the_root(managed, root):
     run = json.loads((root / "v2" / "run.json").read_text())
+    loaded = run["base_fingerprint"]
     run["base_fingerprint"] = "0" * 16
     shutil.copytree(root / "v2", root / "alien")
     (root / "alien" / "run.json").write_text(json.dumps(run))
     reply = managed.post("/v1/adapters", json={"name": "alien", "path": "alien"})
     assert reply.status_code == 422
     assert "adapters on one base must share it" in reply.json()["error"]
+    assert reply.json()["error"].endswith(f"(fingerprint {'0' * 16}, loaded {loaded})")
+    assert "--allow-other-base" not in reply.json()["error"]  # a command-line option; the API has none
     assert str(root) not in reply.json()["error"] and "<adapter-root>/alien" in reply.json()["error"]
 
 

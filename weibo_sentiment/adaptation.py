@@ -93,6 +93,8 @@ class AdaptConfig:
 class AdaptResult:
     output: Path
     source: dict
+    # False in the other processes of a data-parallel run (torchrun, accelerate launch): only rank 0 reports.
+    main_process: bool = True
 
 
 def pack(token_ids: list[list[int]], sep_id: int, block_size: int) -> np.ndarray:
@@ -222,7 +224,7 @@ class _StepTimer:
 def adapt_base(config: AdaptConfig, callbacks: list | None = None) -> AdaptResult:
     """Continue the causal-LM training of `config.base_model` on `config.texts`; write the adapted base to
     `config.output`. `callbacks` are extra `transformers.TrainerCallback`s."""
-    from .training import _precision, fast_activations, fast_dropout
+    from .training import Ranks, _precision, fast_activations, fast_dropout
 
     if config.method not in METHODS:
         raise UserError(f"--method {config.method!r}: choose from {', '.join(METHODS)}")
@@ -241,7 +243,8 @@ def adapt_base(config: AdaptConfig, callbacks: list | None = None) -> AdaptResul
     texts, files = read_corpus(config)
     train_texts, val_texts = split_texts(texts, config.validation_split, config.seed)
     checkpoints = config.checkpoints()
-    marker = inspect_checkpoint_dir(checkpoints, config)
+    ranks = Ranks()  # under torchrun / accelerate launch: rank 0 claims the checkpoints and writes the base
+    marker = ranks.once(lambda: inspect_checkpoint_dir(checkpoints, config))
 
     base_dir = resolve_base_model(config.base_model, config.model_dir)
     if Path(config.output).resolve() == base_dir.resolve():
@@ -262,7 +265,9 @@ def adapt_base(config: AdaptConfig, callbacks: list | None = None) -> AdaptResul
     logger.info("%d texts: %d training blocks and %d held-out blocks of %d tokens (held out: %d texts)",
                 len(texts), len(train_blocks), len(val_blocks), config.block_size, len(val_texts))
     identity = _identity(config, files, base_dir, precision_name)
-    resume_from = claim_checkpoint_dir(checkpoints, marker, identity, config)
+    if ranks.world > 1:  # absent: 1 (see checkpoints._IDENTITY_DEFAULTS)
+        identity.update(world_size=ranks.world)
+    resume_from = ranks.once(lambda: claim_checkpoint_dir(checkpoints, marker, identity, config))
 
     set_seed(config.seed)
     model = _load_lm(base_dir, tokenizer)
@@ -301,8 +306,9 @@ def adapt_base(config: AdaptConfig, callbacks: list | None = None) -> AdaptResul
         dataloader_pin_memory=torch.cuda.is_available(),
         optim="adamw_torch_fused",
         prediction_loss_only=True,
-        disable_tqdm=not config.progress,
+        disable_tqdm=not config.progress or not ranks.main,
         **precision,
+        **ranks.training_arguments(),
     )
     trainer = Trainer(model=model, args=args, train_dataset=Blocks(train_blocks), eval_dataset=Blocks(val_blocks),
                       data_collator=_collate,
@@ -335,6 +341,8 @@ def adapt_base(config: AdaptConfig, callbacks: list | None = None) -> AdaptResul
         "steps": trainer.state.global_step,
         "epochs": trainer.state.epoch,
         "batch_size": config.batch_size,
+        "world_size": args.world_size,
+        "effective_batch_size": args.train_batch_size * args.world_size * args.gradient_accumulation_steps,
         "lr": config.learning_rate(),
         "seed": config.seed,
         "precision": precision_name,
@@ -353,11 +361,16 @@ def adapt_base(config: AdaptConfig, callbacks: list | None = None) -> AdaptResul
         "versions": package_versions(),
     }
     output = Path(config.output)
-    if trainer.is_world_process_zero():
+
+    def write() -> None:  # rank 0 alone, once every rank is done with the checkpoints
         save_base(model, tokenizer, source, output, inputs, vocab_from=base_dir)
         release_checkpoint_dir(checkpoints, keep=config.keep_checkpoints)
-        logger.info("adapted base model written to %s", output)
-    return AdaptResult(output=output, source=source)
+
+    ranks.barrier()
+    ranks.once(write)
+    ranks.close()
+    logger.info("adapted base model written to %s", output)
+    return AdaptResult(output=output, source=source, main_process=ranks.main)
 
 
 def save_base(model: GPT2LMHeadModel, tokenizer, source: dict, output: Path, inputs=(),

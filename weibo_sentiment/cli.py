@@ -120,6 +120,8 @@ def cmd_adapt_base(args: argparse.Namespace) -> int:
         keep_checkpoints=args.keep_checkpoints, logging_steps=args.logging_steps,
     )
     result = adapt_base(config)
+    if not result.main_process:  # torchrun / accelerate launch: rank 0 reports
+        return 0
     s = result.source
     print(f"Held-out perplexity: {s['perplexity_before']:.2f} before, {s['perplexity_after']:.2f} after "
           f"({s['steps']} steps, --method {s['method']})")
@@ -685,7 +687,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        if not getattr(e, "echo", False):  # an echo: another process of a torchrun job has said it already
+            print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

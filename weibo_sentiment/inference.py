@@ -197,7 +197,7 @@ class Predictor:
         self._next_key += 1
         return key
 
-    def _check(self, name: str, path: Path, check_base: bool) -> AdapterInfo:
+    def _check(self, name: str, path: Path, check_base: bool, override_hint: str | None) -> AdapterInfo:
         if not isinstance(name, str) or not name:
             raise UserError(f"adapter name {name!r} is empty; name it with --adapter NAME={path}")
         run = read_run(path)
@@ -206,8 +206,8 @@ class Predictor:
                 raise UserError(
                     f"adapter {name!r} ({path}) was trained on base model {run.get('base_model')!r}, "
                     f"not on the loaded base {self.base_model!r}; adapters on one base must share it "
-                    f"(fingerprint {run.get('base_fingerprint')}, loaded {self.fingerprint}; "
-                    f"--allow-other-base loads it anyway)"
+                    f"(fingerprint {run.get('base_fingerprint')}, loaded {self.fingerprint}"
+                    + (f"; {override_hint})" if override_hint else ")")
                 )
             logger.warning("--allow-other-base: adapter %r was trained on base model %r (fingerprint %s), not on the "
                            "loaded base %r (fingerprint %s); its predictions may be wrong", name,
@@ -218,10 +218,12 @@ class Predictor:
         check_temperature(run, path)
         return AdapterInfo(name=name, path=path, run=run)
 
-    def add_adapter(self, name: str, path: str | Path, check_base: bool = True) -> AdapterInfo:
-        """Load an adapter; an existing name is replaced in place (hot swap) without touching the base."""
+    def add_adapter(self, name: str, path: str | Path, check_base: bool = True,
+                    override_hint: str | None = "--allow-other-base loads it anyway") -> AdapterInfo:
+        """Load an adapter; an existing name is replaced in place (hot swap) without touching the base.
+        `override_hint` ends the refusal of an adapter of another base (None where no override exists)."""
         path = Path(path)
-        info = self._check(name, path, check_base)
+        info = self._check(name, path, check_base, override_hint)
         with self._lock:
             self._unmerge()
             key = self.fresh_key()  # a hot swap loads beside the old weights, then drops them

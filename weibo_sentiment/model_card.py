@@ -175,9 +175,14 @@ def _recipe_section(run: dict) -> str:
         epochs = training.get("epochs")
         steps = training.get("max_steps", -1)
         length = f"{steps} steps" if steps and steps > 0 else f"{epochs if epochs is not None else '?'} epochs"
-        items.append(f"- optimiser: AdamW, learning rate {training.get('lr')}, batch size "
-                     f"{training.get('batch_size')}, {length}, warm-up {training.get('warmup_ratio')}, linear "
-                     f"schedule, weight decay {training.get('weight_decay')}")
+        batch = f"batch size {training.get('batch_size')}"
+        effective = training.get("effective_batch_size")
+        if effective and effective != training.get("batch_size"):  # several processes or gradient accumulation
+            batch += (f" per process × {training.get('world_size', 1)} process(es) × "
+                      f"{training.get('gradient_accumulation_steps', 1)} accumulation step(s) = {effective} per "
+                      "optimiser step")
+        items.append(f"- optimiser: AdamW, learning rate {training.get('lr')}, {batch}, {length}, warm-up "
+                     f"{training.get('warmup_ratio')}, linear schedule, weight decay {training.get('weight_decay')}")
         items.append(f"- seed {training.get('seed')}")
     items.append(f"- max length {run.get('max_length', 128)} tokens (longer texts are truncated)")
     if run.get("precision"):

@@ -245,7 +245,8 @@ class MicroBatcher:
 
     async def add_adapter(self, name: str, path: Path) -> int:
         def load() -> int:
-            self.predictor.add_adapter(name, path)
+            # Over HTTP there is no --allow-other-base: an adapter of another base is refused, with no hint.
+            self.predictor.add_adapter(name, path, override_hint=None)
             self._loaded_count[name] = self._loaded_count.get(name, 0) + 1
             self.revisions[name] = self._loaded_count[name]
             return self.revisions[name]

@@ -162,12 +162,21 @@ class Ranks:
             raise failure
         kind, value = outcome[0]
         if kind != "ok":
-            raise UserError(value)
+            error = UserError(value)
+            error.echo = not self.main  # rank 0 says it; the CLI keeps the other ranks' copies quiet
+            raise error
         return value
 
     def barrier(self) -> None:
         if self.world > 1:
             torch.distributed.barrier()
+
+    def close(self) -> None:
+        """The end of a data-parallel run: once every rank is here, tear the process group down. Left to the
+        interpreter's exit, gloo's threads could still be talking to a rank that is gone, and abort the process."""
+        if self.world > 1 and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
 
 
 class PaddedBatches:
@@ -553,6 +562,7 @@ def train(config: TrainConfig, callbacks: list | None = None) -> TrainResult:
 
     ranks.barrier()
     output = ranks.once(write)
+    ranks.close()
     logger.info("best validation macro-F1 %.4f (epoch %s); adapter written to %s",
                 best["macro_f1"], best["epoch"], output)
     return TrainResult(output=output, run=run, batches=collator.batches, main_process=ranks.main)
