@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from workbench import tiny_adapter, weibo_rows, write_csv  # noqa: E402
+from workbench import child_arguments, tiny_adapter, weibo_rows, write_csv  # noqa: E402
 
 
 def child(args: argparse.Namespace) -> None:
@@ -83,11 +83,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=20_000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--work", default="/tmp/weibo-ray", help="where models and inputs go (not the repo)")
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--mode", help=argparse.SUPPRESS)
-    parser.add_argument("--adapter", help=argparse.SUPPRESS)
-    parser.add_argument("--input", help=argparse.SUPPRESS)
-    parser.add_argument("--output", help=argparse.SUPPRESS)
+    child_arguments(parser, "mode", "adapter", "input", "output")
     args = parser.parse_args()
     if args.child:
         child(args)

@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from workbench import cli, tiny_adapter, weibo_rows, write_csv  # noqa: E402
+from workbench import child_arguments, cli, tiny_adapter, weibo_rows, write_csv  # noqa: E402
 
 
 def child(args: argparse.Namespace) -> None:
@@ -71,12 +71,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows of the big file (default: 1,000,000)")
     parser.add_argument("--backend", default="onnx-int8", choices=["torch", "onnx", "onnx-int8"])
     parser.add_argument("--work", default="/tmp/weibo-streaming", help="where models and inputs go (not the repo)")
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--mode", help=argparse.SUPPRESS)
-    parser.add_argument("--adapter", help=argparse.SUPPRESS)
-    parser.add_argument("--model", help=argparse.SUPPRESS)
-    parser.add_argument("--input", help=argparse.SUPPRESS)
-    parser.add_argument("--output", help=argparse.SUPPRESS)
+    child_arguments(parser, "mode", "adapter", "model", "input", "output")
     args = parser.parse_args()
     if args.child:
         child(args)

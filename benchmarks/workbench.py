@@ -3,6 +3,7 @@ report written as JSON beside its Markdown. Everything goes under the benchmark'
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import os
@@ -20,6 +21,13 @@ def cli(*args: str) -> None:
     """`python -m weibo_sentiment ARGS` in the repository, its stdout discarded (errors still show)."""
     subprocess.run([sys.executable, "-m", "weibo_sentiment", *args], check=True, cwd=ROOT,
                    stdout=subprocess.DEVNULL)
+
+
+def child_arguments(parser: argparse.ArgumentParser, *names: str) -> None:
+    """`--child` and the hidden options with which a benchmark runs one measurement in a process of its own."""
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    for name in names:
+        parser.add_argument(f"--{name}", help=argparse.SUPPRESS)
 
 
 def tiny_adapter(work: Path) -> tuple[Path, Path]:
