@@ -42,13 +42,13 @@ def child(args: argparse.Namespace) -> None:
     output.unlink(missing_ok=True)
     start = time.perf_counter()
     if args.mode == "memory":
-        from weibo_sentiment.cli import _output_row
         from weibo_sentiment.data import read_texts
         from weibo_sentiment.output import write_table
+        from weibo_sentiment.streaming import output_row
 
         texts, _ = read_texts(args.input)
         preds = predictor.predict(texts, batch_size=32)
-        write_table((_output_row(p, None) for p in preds), output)
+        write_table((output_row(p, None) for p in preds), output)
         rows = len(preds)
     else:
         from weibo_sentiment.streaming import predict_file

@@ -218,16 +218,6 @@ def _uncertain(pred, min_confidence: float | None) -> bool:
     return min_confidence is not None and pred.confidence < min_confidence
 
 
-def _output_row(pred, min_confidence: float | None) -> dict:
-    """A prediction's output row; with --min-confidence an `uncertain` column follows `confidence`."""
-    row = pred.as_row()
-    if min_confidence is None:
-        return row
-    items = list(row.items())
-    at = list(row).index("confidence") + 1
-    return dict([*items[:at], ("uncertain", _uncertain(pred, min_confidence)), *items[at:]])
-
-
 def _check_min_confidence(value: float | None) -> None:
     if value is not None and not 0 < value < 1:
         raise UserError(f"--min-confidence {value:g}: must be between 0 and 1 (exclusive)")
@@ -322,6 +312,7 @@ def _stream_file(predictor, args: argparse.Namespace) -> int:
 def _predict_file(predictor, args: argparse.Namespace) -> int:
     from .data import read_texts
     from .output import write_table
+    from .streaming import output_row
 
     texts, extras = read_texts(args.input, text_column=args.text_column, encoding=args.encoding,
                                extra_columns=("adapter",))
@@ -329,14 +320,14 @@ def _predict_file(predictor, args: argparse.Namespace) -> int:
         preds = predictor.predict_routed(texts, extras["adapter"], batch_size=args.batch_size,
                                          progress=sys.stderr.isatty())
         _report_truncated(predictor, preds)
-        rows = [{"adapter": p.adapter, **_output_row(p, args.min_confidence)} for p in preds]
+        rows = [{"adapter": p.adapter, **output_row(p, args.min_confidence)} for p in preds]
         columns = list(dict.fromkeys(k for row in rows for k in row))  # adapters may have other label sets
         write_table(({k: row.get(k) for k in columns} for row in rows), args.output, args.format,
                     inputs=[args.input])
     else:
         preds = predictor.predict(texts, batch_size=args.batch_size, progress=sys.stderr.isatty())
         _report_truncated(predictor, preds)
-        write_table((_output_row(p, args.min_confidence) for p in preds), args.output, args.format,
+        write_table((output_row(p, args.min_confidence) for p in preds), args.output, args.format,
                     inputs=[args.input])
     if args.output and str(args.output) != "-":
         print(f"{len(preds)} predictions written to {args.output}", file=sys.stderr)
