@@ -33,13 +33,13 @@ from .modeling import (
     DEFAULT_BASE_MODEL,
     DEFAULT_MODEL_DIR,
     SOURCE_FILE,
-    _special_ids,
     atomic_dir,
     base_inputs,
     check_output_dir,
     load_tokenizer,
     resolve_base_model,
     save_tokenizer,
+    special_token_ids,
 )
 
 logger = logging.getLogger(__name__)
@@ -188,7 +188,7 @@ def _load_lm(base_dir: Path, tokenizer) -> GPT2LMHeadModel:
     from transformers import GPT2Config
 
     config_dict, _ = GPT2Config.get_config_dict(str(base_dir))
-    config_dict.update(_special_ids(tokenizer))
+    config_dict.update(special_token_ids(tokenizer))
     config = GPT2Config.from_dict(config_dict)
     # A merged classifier used as a base has no lm_head: GPT-2 ties it to the word embeddings anyway.
     return GPT2LMHeadModel.from_pretrained(str(base_dir), config=config, attn_implementation="sdpa")
@@ -379,7 +379,7 @@ def save_base(model: GPT2LMHeadModel, tokenizer, source: dict, output: Path, inp
     with atomic_dir(output, kind="base", inputs=inputs) as tmp:
         model = model.to("cpu").float()
         for cfg in (model.config, model.generation_config):
-            for key, value in _special_ids(tokenizer).items():
+            for key, value in special_token_ids(tokenizer).items():
                 setattr(cfg, key, value)
         model.config.architectures = ["GPT2LMHeadModel"]
         model.save_pretrained(tmp, safe_serialization=True)

@@ -219,7 +219,7 @@ def init_model(
         tokenizer = BertTokenizer(vocab=str(tmp / "vocab.txt"), do_lower_case=False)
         tokenizer.model_max_length = shape.get("n_positions", 1024)
         tokenizer.save_pretrained(tmp)
-        shape.update(vocab_size=len(vocab), **_special_ids(tokenizer))
+        shape.update(vocab_size=len(vocab), **special_token_ids(tokenizer))
         config = GPT2Config(**{k: v for k, v in shape.items() if k != "architectures"})
         config.architectures = ["GPT2LMHeadModel"]
         torch.manual_seed(seed)
@@ -326,7 +326,7 @@ def download_base_model(hub_id: str, model_dir: Path) -> Path:
             if tokenizer.model_max_length > model.config.n_positions:  # no tokenizer_config.json upstream
                 tokenizer.model_max_length = model.config.n_positions
             for config in (model.config, model.generation_config):
-                for key, value in _special_ids(tokenizer).items():
+                for key, value in special_token_ids(tokenizer).items():
                     setattr(config, key, value)
             tokenizer.save_pretrained(tmp)
             # The tokenizer saves tokenizer.json only; keep the upstream vocab.txt too, as init-model does.
@@ -345,7 +345,8 @@ def download_base_model(hub_id: str, model_dir: Path) -> Path:
     return model_dir
 
 
-def _special_ids(tokenizer: BertTokenizer) -> dict[str, int]:
+def special_token_ids(tokenizer: BertTokenizer) -> dict[str, int]:
+    """The pad/bos/eos ids a GPT-2 config takes from the BERT tokenizer: [PAD], [CLS], [SEP]."""
     return {
         "pad_token_id": tokenizer.pad_token_id,
         "bos_token_id": tokenizer.cls_token_id,
@@ -391,7 +392,7 @@ def load_classifier(
         num_labels=len(label_names),
         id2label=dict(enumerate(label_names)),
         label2id={name: i for i, name in enumerate(label_names)},
-        **_special_ids(tokenizer),
+        **special_token_ids(tokenizer),
     )
     config = GPT2Config.from_dict(config_dict)
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
