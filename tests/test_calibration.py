@@ -142,7 +142,9 @@ def test_torch_predictor_merged_unmerged_and_routed(hot, sample_adapter, tmp_pat
 
 
 def test_served_probabilities_are_calibrated(hot, calibrated):
-    from weibo_sentiment.serving import create_app, running
+    from weibo_sentiment.serve import create_app
+
+    from .serving_helpers import running
 
     predictor = Predictor.from_adapters({"hot": hot}, device="cpu")
     with running(create_app(predictor)) as url, httpx.Client(base_url=url, timeout=60) as client:
@@ -152,10 +154,10 @@ def test_served_probabilities_are_calibrated(hot, calibrated):
 
 
 def test_serve_command_passes_no_calibration(cli, hot, monkeypatch):
-    import weibo_sentiment.serving
+    import weibo_sentiment.serve
 
     seen = {}
-    monkeypatch.setattr(weibo_sentiment.serving, "serve", lambda adapters, **kw: seen.update(kw) or 0)
+    monkeypatch.setattr(weibo_sentiment.serve, "serve", lambda adapters, **kw: seen.update(kw) or 0)
     assert cli("serve", "--adapter", hot, "--no-calibration").code == 0
     assert seen["calibrated"] is False
     assert cli("serve", "--adapter", hot).code == 0

@@ -23,9 +23,10 @@ from safetensors.torch import save_file
 
 from weibo_sentiment.errors import UserError
 from weibo_sentiment.inference import Predictor
-from weibo_sentiment.serving import LOOPBACK_HOSTS, create_app, exposure_warning, public_model_name, running
+from weibo_sentiment.serve import LOOPBACK_HOSTS, create_app, exposure_warning, public_model_name
 
 from .conftest import ROOT
+from .serving_helpers import running
 
 TEXTS = ["这部电影太好看了，我非常喜欢！[哈哈]", "服务态度差", "今天天气不错，心情也很好，出去走走吧",
          "排队两个小时，结果卖完了，真是气死我了[怒]"]

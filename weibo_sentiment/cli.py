@@ -384,7 +384,7 @@ def interactive(predictor, stdin=None, stdout=None, min_confidence: float | None
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .serving import serve
+    from .serve import serve
 
     return serve(args.adapter, host=args.host, port=args.port, backend=args.backend, model=args.model,
                  use=args.use, base_model=args.base_model, model_dir=args.model_dir, device=args.device,
