@@ -16,8 +16,8 @@ from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
 
-from .adapter_io import RUN_FILE
-from .modeling import DEFAULT_BASE_MODEL, SOURCE_FILE, _special_ids, load_tokenizer
+from .modeling import DEFAULT_BASE_MODEL, _special_ids, load_tokenizer
+from .output import RUN_FILE, SOURCE_FILE
 
 CARD_FILE = "README.md"
 PICTURES = (".png", ".svg", ".jpg", ".jpeg")
