@@ -32,8 +32,8 @@ from .data import (
     LabelledData,
     load_labelled,
     stratified_split,
-    strip_emoticons,
 )
+from .emoticons import strip_emoticons
 from .errors import UserError
 from .model_card import adapter_card, write_card
 from .modeling import (
