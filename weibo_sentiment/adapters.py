@@ -14,11 +14,11 @@ import torch
 from safetensors import safe_open
 
 from .adapter_io import RUN_FILE, SAVE_DTYPES, WEIGHTS_FILE, package_versions, read_run
+from .adapter_store import save_adapter
 from .errors import UserError
 from .inference import Predictor, parse_adapter_specs
 from .model_card import merged_card, write_card
 from .modeling import DEFAULT_MODEL_DIR, atomic_dir, base_inputs, check_output_dir, save_tokenizer
-from .training import save_adapter
 
 logger = logging.getLogger(__name__)
 
