@@ -224,7 +224,7 @@ def _check_min_confidence(value: float | None) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .export import load_predictor
+    from .inference import load_predictor
 
     _check_min_confidence(args.min_confidence)  # before loading the model
     if args.engine == "ray":
@@ -251,7 +251,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import export_onnx
+    from .exporters.onnx import export_onnx
 
     if args.int8_fp32_blocks is not None and not args.int8:
         raise UserError("--int8-fp32-blocks applies to --int8 exports only")
