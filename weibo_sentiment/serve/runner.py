@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from .app import AppSettings, create_app
-from .guard import LOOPBACK_HOSTS, exposure_warning, is_loopback
+from .guard import allowed_host_names, exposure_warning
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +52,8 @@ def serve(
     **options,
 ) -> int:
     """Load the adapters and serve them until interrupted. `options` are AppSettings fields; `allowed_hosts`
-    here adds Host names to the loopback ones a loopback server accepts. `calibrated=False` serves raw
-    probabilities (`--no-calibration`)."""
+    here adds Host names to the ones every server answers to (see guard.allowed_host_names).
+    `calibrated=False` serves raw probabilities (`--no-calibration`)."""
     import uvicorn
 
     settings = AppSettings(**options)
@@ -65,14 +65,15 @@ def serve(
     sock = bind_socket(host, port)  # before loading the model: a busy port fails fast
     with sock:
         _set_threads(threads)
-        from ..export import load_predictor
+        from ..inference.backends import load_predictor
 
         predictor = load_predictor(adapters, backend=backend, model=model, base_model=base_model,
                                    model_dir=model_dir, device=device, calibrated=calibrated,
                                    allow_other_base=allow_other_base)
         if use:
             predictor.use(use)
-        hosts = [*LOOPBACK_HOSTS, host, *(settings.allowed_hosts or ())] if is_loopback(host) else None
+        hosts = allowed_host_names(host, settings.allowed_hosts or ())
+        logger.info("Answering to Host %s", "any name (--allowed-hosts '*')" if hosts is None else ", ".join(hosts))
         app = create_app(predictor, settings, api_key=api_key, allowed_hosts=hosts)
         warning = exposure_warning(host, api_key)
         if warning:
