@@ -119,11 +119,12 @@ def test_routed_adapters_explain_with_their_own(planted_adapter, sample_adapter)
             assert [u[2] for u in routed[i].units] == pytest.approx([u[2] for u in e.units], abs=1e-4)
     assert both.default == "planted"
     assert both.predict_proba(texts) == pytest.approx(Predictor.from_adapters([planted_adapter]).predict_proba(texts),
-                                                      abs=1e-5)  # the explanation switched no adapter
+                                                      abs=1e-5)  # the default adapter is selected again
 
 
 def test_refusals(predictor, planted_adapter, tmp_path):
-    from weibo_sentiment.export import OnnxPredictor, export_onnx
+    from weibo_sentiment.exporters.onnx import export_onnx
+    from weibo_sentiment.inference import OnnxPredictor
 
     onnx = OnnxPredictor(export_onnx(planted_adapter, tmp_path / "onnx"))
     with pytest.raises(UserError) as info:

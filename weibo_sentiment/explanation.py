@@ -6,9 +6,9 @@ summed into units of the original text: one Chinese character, one whole Latin/d
 pieces together), one emoticon ([哈哈] or an emoji, as `EMOTICON_RE` defines them); a unit is always the
 original characters, never a `##` piece or `[UNK]`. Positive weights support the predicted label.
 
-Integrated gradients need the model's gradients: only the torch backend (`Predictor`) can be explained.
-Like `Predictor.predict`, an explanation runs the model: call it where prediction is called (the server runs it
-on its model thread), never beside a concurrent adapter load or switch.
+Integrated gradients need the model's gradients: only the torch backend (`Predictor`) can be explained. The
+forward passes run inside the predictor's `routing`, as its predictions do: the adapter selected (merged into
+the base while it is the only one) under the predictor's lock, the default one selected again afterwards.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ import numpy as np
 import torch
 from captum.attr import LayerIntegratedGradients
 
-from .data import EMOTICON_RE
+from .emoticons import EMOTICON_RE
 from .errors import UserError
+from .inference.predictor import check_texts
 
 DEFAULT_TOP_K = 5
 # Steps of Captum's Gauss-Legendre integral: each is one forward and backward pass, so the cost grows with them.
@@ -93,19 +94,11 @@ def text_units(text: str, offsets: Sequence[tuple[int, int]], word_ids: Sequence
     return merged
 
 
-def probability_fn(predictor, adapter: str, temperature: float):
-    """forward(input_ids, attention_mask) -> calibrated probabilities, through `adapter` alone.
-
-    With one adapter loaded it is the active one (merged into the base while alone); with several, nothing is
-    merged and PEFT's `adapter_names` routes every row through `adapter` without switching the predictor's
-    active adapter, so an explanation changes no state a concurrent prediction relies on.
-    """
-    model = require_torch_model(predictor)
-    key = predictor.key(adapter) if len(predictor.adapters) > 1 else None
+def probability_fn(model: torch.nn.Module, temperature: float):
+    """forward(input_ids, attention_mask) -> calibrated probabilities, through the adapter selected."""
 
     def forward(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        routing = {} if key is None else {"adapter_names": [key] * len(input_ids)}
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, **routing).logits.float()
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
         return torch.softmax(logits / temperature, dim=-1)
 
     return forward
@@ -133,14 +126,8 @@ def explain(predictor, texts: Sequence[str], adapters: Sequence[str | None] | No
     of one forward pass, and so the memory.
     """
     require_torch_model(predictor)
-    names = [a or predictor.default for a in (adapters or [None] * len(texts))]
-    if len(names) != len(texts):
-        raise UserError(f"{len(texts)} texts but {len(names)} adapter names; give one per text")
-    for i, (text, name) in enumerate(zip(texts, names)):
-        if not isinstance(text, str) or not text.strip():
-            raise UserError(f"text {i + 1} is empty")
-        if name not in predictor.adapters:
-            raise UserError(f"row {i + 1}: unknown adapter {name!r} (loaded: {', '.join(predictor.adapters)})")
+    check_texts(texts)
+    names = predictor.route(texts, [None] * len(texts) if adapters is None else adapters)
     settings = Integration(n_steps, max_steps, tolerance, rows_per_pass)
     out: list[Explanation | None] = [None] * len(texts)
     for name in dict.fromkeys(names):
@@ -186,12 +173,21 @@ def integrate(lig: LayerIntegratedGradients, ids: torch.Tensor, baselines: torch
 def explain_with(predictor, texts: Sequence[str], adapter: str, settings: Integration,
                  batch_size: int) -> list[Explanation]:
     """`explain` for texts that all go through `adapter`, in batches of similar length."""
+    # The predictor's routing runs its forward passes in inference mode; integrated gradients need gradients.
+    with predictor.routing([adapter]), torch.inference_mode(False), torch.enable_grad():
+        return explain_selected(predictor, texts, adapter, settings, batch_size)
+
+
+def explain_selected(predictor, texts: Sequence[str], adapter: str, settings: Integration,
+                     batch_size: int) -> list[Explanation]:
+    """`explain_with`, `adapter` being selected."""
     info = predictor.adapters[adapter]
     tokenizer = predictor.tokenizer
     encoded = tokenizer(list(texts), truncation=True, max_length=info.max_length, return_offsets_mapping=True,
                         return_special_tokens_mask=True, return_attention_mask=False)
-    lig = LayerIntegratedGradients(probability_fn(predictor, adapter, predictor.temperature(adapter)),
-                                   require_torch_model(predictor).get_input_embeddings())
+    model = require_torch_model(predictor)
+    lig = LayerIntegratedGradients(probability_fn(model, predictor.temperature(adapter)),
+                                   model.get_input_embeddings())
     order = np.argsort([len(x) for x in encoded["input_ids"]], kind="stable")
     out: list[Explanation | None] = [None] * len(texts)
     for start in range(0, len(order), batch_size):
