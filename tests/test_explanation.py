@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import csv
+import json
 import random
 
+import httpx
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -122,11 +125,15 @@ def test_routed_adapters_explain_with_their_own(planted_adapter, sample_adapter)
                                                       abs=1e-5)  # the default adapter is selected again
 
 
-def test_refusals(predictor, planted_adapter, tmp_path):
+@pytest.fixture(scope="module")
+def onnx(tmp_path_factory, planted_adapter):
     from weibo_sentiment.exporters.onnx import export_onnx
     from weibo_sentiment.inference import OnnxPredictor
 
-    onnx = OnnxPredictor(export_onnx(planted_adapter, tmp_path / "onnx"))
+    return OnnxPredictor(export_onnx(planted_adapter, tmp_path_factory.mktemp("onnx") / "export"))
+
+
+def test_refusals(predictor, onnx):
     with pytest.raises(UserError) as info:
         explain(onnx, ["好"])
     assert str(info.value) == NOT_TORCH
@@ -134,3 +141,56 @@ def test_refusals(predictor, planted_adapter, tmp_path):
         explain(predictor, ["好", " "])
     with pytest.raises(UserError, match="unknown adapter 'x'"):
         explain(predictor, ["好"], ["x"])
+
+
+def test_predict_explain_writes_spans_in_every_format(cli, planted_adapter, predictor, tmp_path):
+    src = tmp_path / "in.csv"
+    with src.open("w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([("review", "id"), (MIXED[0], "a"), ("今天公园赞", "b")])
+    expected = [e.top(2) for e in explain(predictor, [MIXED[0], "今天公园赞"])]
+    for name in ("out.csv", "out.jsonl", "out.parquet"):
+        result = cli("predict", "--adapter", planted_adapter, "--input", src, "--output", tmp_path / name,
+                     "--explain", "2", "--id-column", "id")
+        assert result.code == 0, result.err
+    rows = list(csv.DictReader((tmp_path / "out.csv").open(encoding="utf-8")))
+    assert list(rows[0])[-2:] == ["explanation", "completeness_error"]
+    assert [json.loads(r["explanation"]) for r in rows] == expected  # a JSON list in a CSV cell
+    lines = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [r["explanation"] for r in lines] == expected and [r["id"] for r in lines] == ["a", "b"]
+    assert all(abs(r["completeness_error"]) < 0.01 for r in lines)
+    table = pq.read_table(tmp_path / "out.parquet").to_pylist()
+    assert [[[s["span"], s["weight"]] for s in r["explanation"]] for r in table] == expected
+
+    result = cli("predict", "--adapter", planted_adapter, "--text", "今天公园赞", "--explain")
+    assert result.code == 0, result.err
+    assert result.out.splitlines()[2].startswith('Explanation: [["赞", ')
+
+
+def test_predict_explain_refusals(cli, planted_adapter):
+    for args, message in [(("--backend", "onnx", "--text", "好"), NOT_TORCH),
+                          (("--text", "好", "--explain", "0"), "--explain 0: the number of spans must be"),
+                          ((), "--explain is for --text and --input")]:
+        result = cli("predict", "--adapter", planted_adapter, "--explain", *args)
+        assert result.code == 2 and message in result.err and "Traceback" not in result.err, result.err
+
+
+def test_api_explains_on_request(predictor, onnx):
+    from weibo_sentiment.serve import create_app
+    from weibo_sentiment.serve.schemas import MAX_EXPLAIN_TEXTS
+
+    from .serving_helpers import running
+
+    texts = ["今天公园赞", MIXED[0]]
+    with running(create_app(predictor)) as url, httpx.Client(base_url=url, timeout=60) as client:
+        plain = client.post("/v1/predict", json={"texts": texts}).json()["predictions"]
+        assert all(set(p) == {"label", "label_name", "confidence", "probabilities"} for p in plain)
+        reply = client.post("/v1/predict", json={"texts": texts, "explain": True, "explain_top": 3})
+        assert reply.status_code == 200, reply.text
+        for text, p, e in zip(texts, reply.json()["predictions"], explain(predictor, texts)):
+            assert p["explanation"] == e.top(3) and abs(p["completeness_error"]) < 0.01
+            assert [text[s:t] for s, t in p["explanation_offsets"]] == [s for s, _ in e.top(3)]
+        too_many = client.post("/v1/predict", json={"texts": ["好"] * (MAX_EXPLAIN_TEXTS + 1), "explain": True})
+        assert too_many.status_code == 413 and "texts to explain" in too_many.json()["error"]
+    with running(create_app(onnx)) as url:
+        reply = httpx.post(f"{url}/v1/predict", json={"texts": ["好"], "explain": True})
+        assert (reply.status_code, reply.json()) == (422, {"error": NOT_TORCH})

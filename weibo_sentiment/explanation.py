@@ -50,10 +50,13 @@ class Explanation:
     baseline_probability: float  # the label's probability for the post with every word replaced by [PAD]
     n_steps: int  # integration steps it took to bring `delta` within the tolerance (or to the most allowed)
 
+    def ranked(self, k: int | None = DEFAULT_TOP_K) -> list[tuple[int, int, float]]:
+        """The `k` units of largest |weight| (all when None), largest first (ties in text order)."""
+        return sorted(self.units, key=lambda u: -abs(u[2]))[:k]
+
     def top(self, k: int | None = DEFAULT_TOP_K) -> list[list]:
         """The `k` units of largest |weight| (all when None) as [[span, weight], ...], largest first."""
-        ranked = sorted(self.units, key=lambda u: -abs(u[2]))  # stable: ties keep text order
-        return [[self.text[s:e], round(float(w), 6)] for s, e, w in ranked[:k]]
+        return [[self.text[s:e], round(float(w), 6)] for s, e, w in self.ranked(k)]
 
 
 def require_torch_model(predictor) -> torch.nn.Module:
@@ -116,10 +119,11 @@ def pad_baselines(input_ids: torch.Tensor, special: torch.Tensor, pad_id: int) -
 
 
 def explain(predictor, texts: Sequence[str], adapters: Sequence[str | None] | None = None, *,
-            n_steps: int = DEFAULT_STEPS, max_steps: int = MAX_STEPS, tolerance: float = TOLERANCE,
-            batch_size: int = 8, rows_per_pass: int = 256) -> list[Explanation]:
+            labels: Sequence[int] | None = None, n_steps: int = DEFAULT_STEPS, max_steps: int = MAX_STEPS,
+            tolerance: float = TOLERANCE, batch_size: int = 8, rows_per_pass: int = 256) -> list[Explanation]:
     """Explain the predicted label of each text with the adapter that predicts it (`adapters`: one name per
-    text, None or '' for the default; None: the default for all), in input order.
+    text, None or '' for the default; None: the default for all), in input order. `labels` (one per text)
+    explains those labels instead, e.g. the ones a prediction reported.
 
     Posts whose completeness error exceeds `tolerance` are integrated again with twice the steps, up to
     `max_steps`. `batch_size` posts are integrated together; `rows_per_pass` bounds the rows (posts x steps)
@@ -128,12 +132,15 @@ def explain(predictor, texts: Sequence[str], adapters: Sequence[str | None] | No
     require_torch_model(predictor)
     check_texts(texts)
     names = predictor.route(texts, [None] * len(texts) if adapters is None else adapters)
+    if labels is not None and len(labels) != len(texts):
+        raise UserError(f"{len(texts)} texts but {len(labels)} labels; give one per text")
     settings = Integration(n_steps, max_steps, tolerance, rows_per_pass)
     out: list[Explanation | None] = [None] * len(texts)
     for name in dict.fromkeys(names):
         rows = [i for i, n in enumerate(names) if n == name]
-        for i, explanation in zip(rows, explain_with(predictor, [texts[i] for i in rows], name, settings,
-                                                      batch_size)):
+        targets = None if labels is None else [labels[i] for i in rows]
+        explained = explain_with(predictor, [texts[i] for i in rows], name, targets, settings, batch_size)
+        for i, explanation in zip(rows, explained):
             out[i] = explanation
     return out
 
@@ -170,16 +177,16 @@ def integrate(lig: LayerIntegratedGradients, ids: torch.Tensor, baselines: torch
     return weights, deltas, used
 
 
-def explain_with(predictor, texts: Sequence[str], adapter: str, settings: Integration,
-                 batch_size: int) -> list[Explanation]:
+def explain_with(predictor, texts: Sequence[str], adapter: str, labels: Sequence[int] | None,
+                 settings: Integration, batch_size: int) -> list[Explanation]:
     """`explain` for texts that all go through `adapter`, in batches of similar length."""
     # The predictor's routing runs its forward passes in inference mode; integrated gradients need gradients.
     with predictor.routing([adapter]), torch.inference_mode(False), torch.enable_grad():
-        return explain_selected(predictor, texts, adapter, settings, batch_size)
+        return explain_selected(predictor, texts, adapter, labels, settings, batch_size)
 
 
-def explain_selected(predictor, texts: Sequence[str], adapter: str, settings: Integration,
-                     batch_size: int) -> list[Explanation]:
+def explain_selected(predictor, texts: Sequence[str], adapter: str, labels: Sequence[int] | None,
+                     settings: Integration, batch_size: int) -> list[Explanation]:
     """`explain_with`, `adapter` being selected."""
     info = predictor.adapters[adapter]
     tokenizer = predictor.tokenizer
@@ -200,12 +207,12 @@ def explain_selected(predictor, texts: Sequence[str], adapter: str, settings: In
         special = (batch["special_tokens_mask"].to(predictor.device) == 1) | (mask == 0)
         with torch.no_grad():
             probs = lig.forward_func(ids, mask)
-        labels = probs.argmax(-1)
+        targets = probs.argmax(-1) if labels is None else torch.tensor([labels[i] for i in rows]).to(ids.device)
         weights, deltas, steps = integrate(lig, ids, pad_baselines(ids, special, tokenizer.pad_token_id), mask,
-                                           labels, settings)
+                                           targets, settings)
         probs = probs.float().cpu().numpy()
         for j, i in enumerate(rows):
-            label = int(labels[j])
+            label = int(targets[j])
             units = text_units(texts[i], encoded["offset_mapping"][i], encoded.word_ids(int(i)))
             out[i] = Explanation(
                 text=texts[i], adapter=adapter, label=label, label_name=info.label_names[label],
@@ -213,3 +220,18 @@ def explain_selected(predictor, texts: Sequence[str], adapter: str, settings: In
                 baseline_probability=float(probs[j, label] - weights[j].sum() + deltas[j]),
                 units=[(u[0], u[1], float(weights[j, u[2:]].sum())) for u in units])
     return out
+
+
+def explanation_cells(explanation: Explanation, k: int | None) -> dict:
+    """A prediction row's explanation columns: its `k` top spans as (span, weight) pairs (a JSON list in CSV,
+    a list in JSON lines, a list of span/weight structs in Parquet) and its completeness error."""
+    return {"explanation": [(span, weight) for span, weight in explanation.top(k)],
+            "completeness_error": round(explanation.delta, 6) + 0.0}  # + 0.0: no -0.0
+
+
+def add_explanations(predictor, preds: Sequence, rows: Sequence[dict], k: int | None) -> None:
+    """Add to each prediction's row (`rows[i]` for `preds[i]`) the explanation of its label, by its adapter."""
+    explanations = explain(predictor, [p.text for p in preds], [p.adapter for p in preds],
+                           labels=[p.label for p in preds])
+    for row, explanation in zip(rows, explanations, strict=True):
+        row.update(explanation_cells(explanation, k))

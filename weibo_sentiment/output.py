@@ -292,6 +292,15 @@ def write_json_record(path: Path, record: dict) -> None:
 
 
 # ---- tables and reports --------------------------------------------------------------------------------
+def csv_cell(value):
+    """A value as a CSV cell: None empty, a list (an explanation's spans) as JSON, anything else as it is."""
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value, ensure_ascii=False)
+    return value
+
+
 def write_rows(rows: Iterable[dict], f: IO[str], fmt: str) -> None:
     rows = list(rows)
     if fmt == "jsonl":
@@ -301,7 +310,7 @@ def write_rows(rows: Iterable[dict], f: IO[str], fmt: str) -> None:
         if rows:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
-            writer.writerows(rows)
+            writer.writerows({k: csv_cell(v) for k, v in row.items()} for row in rows)
     else:
         raise UserError(f"unknown output format {fmt!r} (choose csv or jsonl)")
 

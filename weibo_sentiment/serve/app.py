@@ -28,6 +28,8 @@ from .guard import NOT_JSON, Guard, body_too_large, default_max_body_bytes, is_j
 from .schemas import (
     ADAPTER_NAME,
     MAX_CHARS,
+    MAX_EXPLAIN_SPANS,
+    MAX_EXPLAIN_TEXTS,
     MAX_TEXTS,
     AdapterOut,
     AdaptersResponse,
@@ -209,11 +211,13 @@ def add_read_routes(app: FastAPI, service: Service, page: str) -> None:
 def add_predict_route(app: FastAPI, service: Service) -> None:
     predictor, batcher = service.predictor, service.batcher
 
-    @app.post("/v1/predict", response_model=PredictResponse, responses=BUSY,
+    @app.post("/v1/predict", response_model=PredictResponse, responses=BUSY, response_model_exclude_none=True,
               summary="Classify texts with one adapter (default: the server's default adapter)")
     async def predict(body: PredictRequest, request: Request):
         texts = body.texts
         check_texts(texts, service.max_texts, service.max_chars)
+        if body.explain:
+            check_explain(predictor, len(texts), body.explain_top)
         name = body.adapter or predictor.default
         if name not in predictor.adapters:
             raise ApiError(404, unknown_adapter(name, predictor))
@@ -222,10 +226,37 @@ def add_predict_route(app: FastAPI, service: Service) -> None:
             revision, preds = await answer_unless_gone(batcher.submit(name, texts), request.receive)
         except UserError as e:  # the adapter was removed while the request waited
             raise ApiError(404, str(e)) from e
-        return PredictResponse(adapter=name, revision=revision, predictions=[
-            PredictionOut(label=p.label, label_name=p.label_name, confidence=round(p.confidence, 6),
-                          probabilities={k: round(v, 6) for k, v in p.probabilities.items()})
-            for p in preds])
+        out = [PredictionOut(label=p.label, label_name=p.label_name, confidence=round(p.confidence, 6),
+                             probabilities={k: round(v, 6) for k, v in p.probabilities.items()}) for p in preds]
+        if body.explain:
+            await add_explanations(batcher, preds, out, body.explain_top)
+        return PredictResponse(adapter=name, revision=revision, predictions=out)
+
+
+def check_explain(predictor, n_texts: int, top: int) -> None:
+    """Refuse an explanation request the server will not answer, before any model work."""
+    from ..explanation import require_torch_model
+
+    require_torch_model(predictor)  # a UserError (422) on the ONNX backend
+    if n_texts > MAX_EXPLAIN_TEXTS:
+        raise ApiError(413, f"{n_texts} texts to explain in one request; the limit is {MAX_EXPLAIN_TEXTS}")
+    if not 1 <= top <= MAX_EXPLAIN_SPANS:
+        raise ApiError(422, f"explain_top: must be between 1 and {MAX_EXPLAIN_SPANS}")
+
+
+async def add_explanations(batcher: MicroBatcher, preds: list, out: list[PredictionOut], top: int) -> None:
+    """Explain each prediction's label on the model thread (between batches, never beside a hot swap)."""
+    from ..explanation import explain
+
+    try:
+        explanations = await batcher.call(lambda: explain(batcher.predictor, [p.text for p in preds],
+                                                          [p.adapter for p in preds], labels=[p.label for p in preds]))
+    except UserError as e:  # the adapter was removed since it answered
+        raise ApiError(404, str(e)) from e
+    for o, e in zip(out, explanations, strict=True):
+        o.explanation = [(span, weight) for span, weight in e.top(top)]
+        o.explanation_offsets = [(start, end) for start, end, _ in e.ranked(top)]
+        o.completeness_error = round(e.delta, 6) + 0.0
 
 
 def check_texts(texts: list[str], max_texts: int, max_chars: int) -> None:

@@ -9,6 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 MAX_TEXTS = 256
 MAX_CHARS = 2000
+# An explanation costs some 50 predictions (docs/explanations.md) and holds the model thread meanwhile.
+MAX_EXPLAIN_TEXTS = 16
+MAX_EXPLAIN_SPANS = 50
 ADAPTER_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # URL-safe; PEFT holds adapters under keys of its own
 
 
@@ -37,6 +40,10 @@ Text = Annotated[str, Field(json_schema_extra={"minLength": 1, "pattern": r"\S"}
 class PredictRequest(Strict):
     texts: list[Text] = Field(description="posts to classify", json_schema_extra={"minItems": 1})
     adapter: str | None = Field(None, description="adapter name (default: the server's default adapter)")
+    explain: bool = Field(False, description=f"add each text's most influential spans (at most {MAX_EXPLAIN_TEXTS} "
+                                             "texts; torch backend)")
+    explain_top: int = Field(5, description="how many spans to return per text",
+                             json_schema_extra={"minimum": 1, "maximum": MAX_EXPLAIN_SPANS})
 
 
 class PredictionOut(BaseModel):
@@ -44,6 +51,13 @@ class PredictionOut(BaseModel):
     label_name: str
     confidence: float
     probabilities: dict[str, float]
+    explanation: list[tuple[str, float]] | None = Field(
+        None, description="with explain: [[span, weight], ...], largest |weight| first; a positive weight "
+                          "supports the label (integrated gradients of its calibrated probability)")
+    explanation_offsets: list[tuple[int, int]] | None = Field(
+        None, description="with explain: [start, end) of each span in the text, in Unicode code points")
+    completeness_error: float | None = Field(
+        None, description="with explain: sum of all weights minus (probability - the [PAD] baseline's)")
 
 
 class PredictResponse(BaseModel):
