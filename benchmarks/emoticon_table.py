@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from machine import cpu_name  # benchmarks/machine.py: the script folder is on sys.path
+from machine import cpu_name, write_report  # benchmarks/machine.py: the script folder is on sys.path
 
 from weibo_sentiment.adapter_io import package_versions
 from weibo_sentiment.data import load_labelled
@@ -249,10 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         "decision": {"default": default, "why": why},
         "versions": package_versions(),
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    out.write_text(markdown(report), encoding="utf-8")
-    print(markdown(report))
+    write_report(report, markdown(report), out)
     return 0
 
 
