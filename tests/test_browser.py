@@ -13,8 +13,9 @@ import httpx
 import pytest
 
 from weibo_sentiment.inference import Predictor
-from weibo_sentiment.serving import create_app, running
+from weibo_sentiment.serve import create_app
 
+from .serving_helpers import running
 from .test_serve import flipped_copy
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

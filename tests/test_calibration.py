@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from weibo_sentiment.adapter_io import read_run, write_run
-from weibo_sentiment.calibration import brier, coverage_table, ece, fit_temperature, nll, softmax
+from weibo_sentiment.calibration import brier, coverage_table, ece, fit_temperature, fit_validation, nll, softmax
+from weibo_sentiment.errors import UserError
 from weibo_sentiment.inference import Predictor
 
 from .conftest import SAMPLE, write
@@ -141,7 +142,9 @@ def test_torch_predictor_merged_unmerged_and_routed(hot, sample_adapter, tmp_pat
 
 
 def test_served_probabilities_are_calibrated(hot, calibrated):
-    from weibo_sentiment.serving import create_app, running
+    from weibo_sentiment.serve import create_app
+
+    from .serving_helpers import running
 
     predictor = Predictor.from_adapters({"hot": hot}, device="cpu")
     with running(create_app(predictor)) as url, httpx.Client(base_url=url, timeout=60) as client:
@@ -151,10 +154,10 @@ def test_served_probabilities_are_calibrated(hot, calibrated):
 
 
 def test_serve_command_passes_no_calibration(cli, hot, monkeypatch):
-    import weibo_sentiment.serving
+    import weibo_sentiment.serve
 
     seen = {}
-    monkeypatch.setattr(weibo_sentiment.serving, "serve", lambda adapters, **kw: seen.update(kw) or 0)
+    monkeypatch.setattr(weibo_sentiment.serve, "serve", lambda adapters, **kw: seen.update(kw) or 0)
     assert cli("serve", "--adapter", hot, "--no-calibration").code == 0
     assert seen["calibrated"] is False
     assert cli("serve", "--adapter", hot).code == 0
@@ -164,7 +167,8 @@ def test_serve_command_passes_no_calibration(cli, hot, monkeypatch):
 def test_merged_model_in_a_plain_pipeline_is_calibrated(hot, tmp_path, calibrated):
     from transformers import pipeline
 
-    from weibo_sentiment.adapters import MERGE_FILE, merge
+    from weibo_sentiment.adapters import merge
+    from weibo_sentiment.output import MERGE_FILE
 
     out = merge(hot, tmp_path / "merged")
     assert json.loads((out / MERGE_FILE).read_text(encoding="utf-8"))["temperature"] == HOT
@@ -244,3 +248,44 @@ def test_evaluate_reports_calibration(cli, hot, tmp_path):
     assert (raw["temperature"], raw["calibrated"]) == (HOT, False)
     assert raw["ece"] == raw["ece_raw"] == pytest.approx(report["ece_raw"])
     assert raw["accuracy"] == report["accuracy"]  # a temperature never changes the argmax
+
+
+# ---- when a temperature cannot be trusted (issue 17) -------------------------------------------------------
+def test_a_small_easy_split_keeps_temperature_one_and_says_why(caplog):
+    z = np.array([[0.0, 0.05], [0.05, 0.0], [0.0, 0.05], [0.05, 0.0]])  # 4 rows, all right, margin 0.05
+    before_fix = fit_temperature(z, [1, 0, 1, 0])
+    assert before_fix == pytest.approx(0.01, rel=0.05)  # what the bare fit does: runs to its lower bound
+    temperature, block = fit_validation(z, [1, 0, 1, 0])
+    assert temperature == 1.0
+    assert block["warning"] == "4 validation rows, fewer than the 50 a temperature needs: temperature 1 kept"
+    assert softmax(z, temperature).max() < 0.52  # a margin of 0.05 stays an honest ~0.51, not 0.993
+    assert "fewer than the 50" in caplog.text
+
+
+def test_enough_rows_but_no_errors_keeps_temperature_one():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, size=200)
+    z = np.zeros((200, 2))
+    z[np.arange(200), labels] = 0.3  # every row right
+    temperature, block = fit_validation(z, labels)
+    assert temperature == 1.0 and block["errors"] == 0
+    assert block["warning"].startswith("0 misclassified validation rows, fewer than the 3")
+
+
+def test_a_temperature_at_the_search_bound_is_a_warning():
+    labels = np.array([0, 1] * 50)
+    z = np.zeros((100, 2))
+    z[np.arange(100), labels] = 1e-4  # right by a hair ...
+    z[:6] = z[:6, ::-1] * 1e-6  # ... and 6 wrong by less: NLL keeps falling as T does
+    temperature, block = fit_validation(z, labels)
+    assert temperature == pytest.approx(0.01, rel=0.02)
+    assert "lies at the bound of the search (0.01..100)" in block["warning"]
+
+
+def test_nan_logits_stop_with_one_line():
+    z = np.zeros((60, 2))
+    z[3, 0] = np.nan
+    with pytest.raises(UserError) as e:
+        fit_validation(z, [0, 1] * 30)
+    assert str(e.value) == ("the model's logits are NaN or infinite on 1 of 60 validation rows: training diverged "
+                            "(try a lower --lr, or --precision fp32)")

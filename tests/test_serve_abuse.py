@@ -18,8 +18,9 @@ from hypothesis import HealthCheck, settings
 
 from weibo_sentiment.errors import UserError
 from weibo_sentiment.inference import Predictor
-from weibo_sentiment.serving import create_app, running
+from weibo_sentiment.serve import create_app
 
+from .serving_helpers import running
 from .test_serve import TEXTS, Gated, assert_close, flipped_copy, probs, wait_until
 
 

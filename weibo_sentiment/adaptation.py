@@ -32,15 +32,12 @@ from .errors import UserError
 from .modeling import (
     DEFAULT_BASE_MODEL,
     DEFAULT_MODEL_DIR,
-    SOURCE_FILE,
-    _special_ids,
-    atomic_dir,
-    base_inputs,
-    check_output_dir,
     load_tokenizer,
     resolve_base_model,
     save_tokenizer,
+    special_token_ids,
 )
+from .output import atomic_dir, base_inputs, check_output_dir, write_marker
 
 logger = logging.getLogger(__name__)
 
@@ -188,7 +185,7 @@ def _load_lm(base_dir: Path, tokenizer) -> GPT2LMHeadModel:
     from transformers import GPT2Config
 
     config_dict, _ = GPT2Config.get_config_dict(str(base_dir))
-    config_dict.update(_special_ids(tokenizer))
+    config_dict.update(special_token_ids(tokenizer))
     config = GPT2Config.from_dict(config_dict)
     # A merged classifier used as a base has no lm_head: GPT-2 ties it to the word embeddings anyway.
     return GPT2LMHeadModel.from_pretrained(str(base_dir), config=config, attn_implementation="sdpa")
@@ -379,7 +376,7 @@ def save_base(model: GPT2LMHeadModel, tokenizer, source: dict, output: Path, inp
     with atomic_dir(output, kind="base", inputs=inputs) as tmp:
         model = model.to("cpu").float()
         for cfg in (model.config, model.generation_config):
-            for key, value in _special_ids(tokenizer).items():
+            for key, value in special_token_ids(tokenizer).items():
                 setattr(cfg, key, value)
         model.config.architectures = ["GPT2LMHeadModel"]
         model.save_pretrained(tmp, safe_serialization=True)
@@ -387,7 +384,7 @@ def save_base(model: GPT2LMHeadModel, tokenizer, source: dict, output: Path, inp
         if vocab_from is not None and (vocab_from / "vocab.txt").is_file() and not (tmp / "vocab.txt").exists():
             shutil.copyfile(vocab_from / "vocab.txt", tmp / "vocab.txt")  # as init-model and the download keep it
         # The mark of a base written by this package; "adapted_from", never "base_model" (that means a hub download).
-        (tmp / SOURCE_FILE).write_text(json.dumps(source, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        write_marker(tmp, "base", source)
 
 
 def _portable_base(base_model: str, base_dir: Path) -> str:

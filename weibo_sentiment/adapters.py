@@ -13,11 +13,12 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from .adapter_io import RUN_FILE, SAVE_DTYPES, WEIGHTS_FILE, package_versions, read_run
+from .adapter_io import SAVE_DTYPES, WEIGHTS_FILE, package_versions, read_run
 from .errors import UserError
 from .inference import Predictor, parse_adapter_specs
 from .model_card import merged_card, write_card
-from .modeling import DEFAULT_MODEL_DIR, atomic_dir, base_inputs, check_output_dir, save_tokenizer
+from .modeling import DEFAULT_MODEL_DIR, save_tokenizer
+from .output import RUN_FILE, atomic_dir, base_inputs, check_output_dir, write_marker
 from .training import save_adapter
 
 logger = logging.getLogger(__name__)
@@ -25,7 +26,6 @@ logger = logging.getLogger(__name__)
 COMBINE_METHODS = ("linear", "cat", "ties", "dare_ties", "svd")
 # Methods that add the adapters' A and B matrices element-wise, so every adapter must have the same rank.
 SAME_RANK_METHODS = ("linear", "ties", "dare_ties")
-MERGE_FILE = "weibo_sentiment_merge.json"
 
 
 def _specs(adapters: Mapping[str, str | Path] | Sequence[str | Path]) -> dict[str, Path]:
@@ -56,6 +56,25 @@ def combine(
     `weights` (default: 1/N each). Adapters must share the base model and the label names.
     """
     specs = _specs(adapters)
+    weights, inputs = _check_combine_arguments(specs, output, weights, method, density, save_dtype, base_model)
+    runs, ranks = _check_combinable(specs, method)
+    predictor = Predictor.from_adapters(specs, base_model=base_model, model_dir=model_dir, device="cpu",
+                                        allow_other_base=allow_other_base)
+    combined, options = _add_weighted_adapter(predictor, list(specs), weights, method, density, svd_rank, seed)
+    run = _combined_run(predictor, combined, specs, runs, ranks, weights, method=method, options=options, seed=seed)
+    # save_adapter writes the combination's model card (README.md) from this run.json.
+    out = save_adapter(predictor.model, predictor.tokenizer, run, output, save_dtype, adapter_name=combined,
+                       inputs=[*inputs, ("the base model", predictor.base_dir)])
+    logger.info("combined %s (%s, weights %s) into %s", ", ".join(specs), method,
+                ", ".join(f"{w:g}" for w in weights), out)
+    return out
+
+
+def _check_combine_arguments(specs: dict[str, Path], output: str | Path, weights: Sequence[float] | None,
+                             method: str, density: float, save_dtype: str,
+                             base_model: str | Path | None) -> tuple[list[float], list[tuple[str, Path]]]:
+    """Refuse bad arguments before anything is loaded: (one weight per adapter, the inputs the output must not
+    overwrite)."""
     if len(specs) < 2:
         raise UserError("combine needs at least two adapters (--adapter NAME=DIR, repeated)")
     inputs = [*(("the --adapter directory", path) for path in specs.values()), *base_inputs(base_model)]
@@ -64,17 +83,22 @@ def combine(
         raise UserError(f"unknown combination method {method!r} (choose from {', '.join(COMBINE_METHODS)})")
     if save_dtype not in SAVE_DTYPES:
         raise UserError(f"unknown save dtype {save_dtype!r} (choose from {', '.join(SAVE_DTYPES)})")
-    names = list(specs)
     if weights is None:
-        weights = [1 / len(names)] * len(names)
+        weights = [1 / len(specs)] * len(specs)
     weights = [float(w) for w in weights]
-    if len(weights) != len(names):
-        raise UserError(f"--weights: {len(weights)} weight(s) for {len(names)} adapters; "
+    if len(weights) != len(specs):
+        raise UserError(f"--weights: {len(weights)} weight(s) for {len(specs)} adapters; "
                         "give one per adapter")
     if method in ("ties", "dare_ties") and not 0 < density <= 1:
         raise UserError(f"--density must be in (0, 1], got {density}")
+    return weights, inputs
 
+
+def _check_combinable(specs: dict[str, Path], method: str) -> tuple[dict[str, dict], dict[str, int]]:
+    """The adapters' run.json and LoRA ranks, once they are known to share labels and base (and the rank, for the
+    methods that need it)."""
     runs = {name: read_run(path) for name, path in specs.items()}
+    names = list(specs)
     first = names[0]
     for name in names[1:]:
         if runs[name]["label_names"] != runs[first]["label_names"]:
@@ -92,9 +116,13 @@ def combine(
     if method in SAME_RANK_METHODS and len(set(ranks.values())) > 1:
         shown = ", ".join(f"{n}: r={r}" for n, r in ranks.items())
         raise UserError(f"--method {method} needs adapters of the same LoRA rank ({shown}); use cat or svd")
+    return runs, ranks
 
-    predictor = Predictor.from_adapters(specs, base_model=base_model, model_dir=model_dir, device="cpu",
-                                        allow_other_base=allow_other_base)
+
+def _add_weighted_adapter(predictor: Predictor, names: list[str], weights: list[float], method: str,
+                          density: float, svd_rank: int | None, seed: int) -> tuple[str, dict]:
+    """Combine the loaded adapters into a new active one in `predictor.model`: (its PEFT key, the options given
+    to `add_weighted_adapter`)."""
     model = predictor.model
     wrapper = model.base_model.model.score
     # PEFT holds the adapters under internal keys, never under the user's names (see Predictor.key).
@@ -119,12 +147,19 @@ def combine(
         head = sum(w * h for w, h in zip(weights, heads, strict=True))
         wrapper.modules_to_save[combined].weight.copy_(head)
     model.set_adapter(combined)
+    return combined, options
 
+
+def _combined_run(predictor: Predictor, combined: str, specs: dict[str, Path], runs: dict[str, dict],
+                  ranks: dict[str, int], weights: list[float], *, method: str, options: dict, seed: int) -> dict:
+    """The run.json of the combination: the shared facts of its adapters, its LoRA settings and how it was made."""
+    model = predictor.model
+    names = list(specs)
     config = model.peft_config[combined]
     lora_params, head_params = _count(model, combined)
     temperature = _combined_temperature([predictor.adapters[n].temperature for n in names], weights)
-    base = runs[first]
-    run = {
+    base = runs[names[0]]
+    return {
         "base_model": base["base_model"],
         "base_model_dir": base.get("base_model_dir"),
         "base_fingerprint": base.get("base_fingerprint"),
@@ -139,7 +174,7 @@ def combine(
             "method": method,
             "adapters": [{"name": n, "path": str(specs[n].resolve()), "weight": w, "r": ranks[n],
                           "best": runs[n].get("best")} for n, w in zip(names, weights, strict=True)],
-            **({"density": density} if "density" in options else {}),
+            **({"density": options["density"]} if "density" in options else {}),
             **({"svd_rank": config.r} if method == "svd" else {}),
             "seed": seed,
             "head": "weighted sum of the adapters' classifier heads with the same weights "
@@ -149,11 +184,6 @@ def combine(
         },
         "versions": package_versions(),
     }
-    out = save_adapter(model, predictor.tokenizer, run, output, save_dtype, adapter_name=combined,
-                       inputs=[*inputs, ("the base model", predictor.base_dir)])
-    logger.info("combined %s (%s, weights %s) into %s", ", ".join(names), method,
-                ", ".join(f"{w:g}" for w in weights), out)
-    return out
 
 
 def _combined_temperature(temperatures: Sequence[float], weights: Sequence[float]) -> float:
@@ -215,8 +245,7 @@ def merge(
                       "temperature": temperature,
                       "temperature_applied": "score.weight is divided by it: the logits are already calibrated",
                       "versions": package_versions()}
-        (tmp / MERGE_FILE).write_text(json.dumps(provenance, indent=2, ensure_ascii=False) + "\n",
-                                      encoding="utf-8")
+        write_marker(tmp, "merged", provenance)
         folded = getattr(model.config, "weibo_sentiment_temperature", None) is not None  # T already in the head
         write_card(tmp, merged_card(info.run, output, adapter, calibrated_weights=folded))
     logger.info("merged %s into its base; standalone model written to %s", adapter, output)

@@ -6,12 +6,23 @@ the argmax, and so accuracy and macro-F1, never change, only how confident the p
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 
 import numpy as np
 
+from .errors import UserError
+
+logger = logging.getLogger(__name__)
+
 DEFAULT_THRESHOLDS = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
+# A temperature is one number, but it is set by the rows the model gets wrong: with none, the likelihood keeps
+# rising as T falls and the fit runs to its bound (4 right rows gave T = 0.01, so a logit margin of 0.05 read as
+# 0.993 confident). Below these counts T stays 1 and the run says why.
+MIN_CALIBRATION_ROWS = 50
+MIN_CALIBRATION_ERRORS = 3
+T_BOUNDS = (0.01, 100.0)
 
 
 def softmax(logits: np.ndarray, temperature: float | np.ndarray = 1.0) -> np.ndarray:
@@ -57,7 +68,7 @@ def fit_temperature(logits, labels) -> float:
     def loss(log_t: float) -> float:
         return float(-_log_softmax(z / math.exp(log_t))[rows, y].mean())
 
-    result = minimize_scalar(loss, bounds=(math.log(0.01), math.log(100.0)), method="bounded",
+    result = minimize_scalar(loss, bounds=(math.log(T_BOUNDS[0]), math.log(T_BOUNDS[1])), method="bounded",
                              options={"xatol": 1e-7})
     return float(math.exp(result.x))
 
@@ -114,13 +125,45 @@ def coverage_table(probs, labels, thresholds: Sequence[float] = DEFAULT_THRESHOL
     return table
 
 
+def calibration_refusal(logits, labels) -> str | None:
+    """Why a temperature fitted on these rows would mean nothing (too few rows, too few errors), or None."""
+    z, y = _check(logits, labels)
+    errors = int((z.argmax(axis=1) != y).sum()) if len(y) else 0
+    if len(y) < MIN_CALIBRATION_ROWS:
+        return (f"{len(y)} validation rows, fewer than the {MIN_CALIBRATION_ROWS} a temperature needs: "
+                "temperature 1 kept")
+    if errors < MIN_CALIBRATION_ERRORS:
+        return (f"{errors} misclassified validation rows, fewer than the {MIN_CALIBRATION_ERRORS} a temperature "
+                "needs (with none, the fit runs to its bound): temperature 1 kept")
+    return None
+
+
+def check_finite_logits(logits) -> None:
+    """Stop with one line when the model produced NaN or infinite logits (a diverged run): any temperature or
+    score computed from them would be meaningless."""
+    z = np.asarray(logits, dtype=np.float64)
+    bad = int((~np.isfinite(z)).any(axis=1).sum()) if z.ndim == 2 else int((~np.isfinite(z)).sum())
+    if bad:
+        raise UserError(f"the model's logits are NaN or infinite on {bad} of {len(z)} validation rows: training "
+                        "diverged (try a lower --lr, or --precision fp32)")
+
+
 def fit_validation(logits, labels) -> tuple[float, dict]:
     """Fit the temperature on a validation split's logits: (T rounded to 6 digits, the run.json `calibration`
-    block with NLL and ECE before and after)."""
+    block with NLL and ECE before and after, and a `warning` when T was kept at 1 or stopped at a bound)."""
+    check_finite_logits(logits)
     z, y = _check(logits, labels)
-    temperature = round(fit_temperature(z, y), 6)
+    warning = calibration_refusal(z, y)
+    temperature = 1.0 if warning else round(fit_temperature(z, y), 6)
+    if not warning and (temperature <= T_BOUNDS[0] * 1.01 or temperature >= T_BOUNDS[1] / 1.01):
+        warning = (f"the fitted temperature {temperature:g} lies at the bound of the search "
+                   f"({T_BOUNDS[0]:g}..{T_BOUNDS[1]:g}): confidence may be badly off; a larger validation split helps")
     before, after = softmax(z), softmax(z, temperature)
     block = {"method": "temperature scaling", "fitted_on": "validation", "rows": int(len(y)),
+             "errors": int((z.argmax(axis=1) != y).sum()) if len(y) else 0,
              "nll_before": round(nll(before, y), 6), "nll_after": round(nll(after, y), 6),
              "ece_before": round(ece(before, y), 6), "ece_after": round(ece(after, y), 6)}
+    if warning:
+        logger.warning("calibration: %s", warning)
+        block["warning"] = warning
     return temperature, block

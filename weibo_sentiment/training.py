@@ -32,22 +32,19 @@ from .data import (
     LabelledData,
     load_labelled,
     stratified_split,
-    strip_emoticons,
 )
+from .emoticons import strip_emoticons
 from .errors import UserError
 from .model_card import adapter_card, write_card
 from .modeling import (
     DEFAULT_BASE_MODEL,
     DEFAULT_MODEL_DIR,
-    Inputs,
-    atomic_dir,
-    base_inputs,
-    check_output_dir,
     load_classifier,
     load_tokenizer,
     resolve_base_model,
     save_tokenizer,
 )
+from .output import Inputs, atomic_dir, base_inputs, check_output_dir
 from .plots import training_extras
 
 logger = logging.getLogger(__name__)

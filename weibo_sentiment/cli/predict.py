@@ -123,7 +123,7 @@ def predict_on_ray(args: argparse.Namespace) -> int:
 
 def stream_file(predictor, args: argparse.Namespace) -> int:
     """`--input FILE`: read, predict and write a chunk at a time (weibo_sentiment.streaming)."""
-    from ..streaming import predict_file
+    from ..streaming.run import predict_file
 
     result = predict_file(predictor, args.input, args.output, text_column=args.text_column, encoding=args.encoding,
                           id_column=args.id_column, keep_columns=args.keep_columns, fmt=args.format,
@@ -140,7 +140,7 @@ def predict_stdin(predictor, args: argparse.Namespace) -> int:
     """`--input -`: read all of stdin, predict, write the table at once."""
     from ..data import read_texts
     from ..output import write_table
-    from ..streaming import output_row
+    from ..streaming.rows import output_row
 
     texts, extras = read_texts(args.input, text_column=args.text_column, encoding=args.encoding,
                                extra_columns=("adapter",))

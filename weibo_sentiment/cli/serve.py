@@ -1,4 +1,4 @@
-"""`serve`: the HTTP API and web page (weibo_sentiment.serving) with its limits."""
+"""`serve`: the HTTP API and web page (weibo_sentiment.serve) with its limits."""
 
 from __future__ import annotations
 
@@ -34,14 +34,17 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                         "minutes for 2048: lower it there, with --max-texts, e.g. both 64; at least --max-texts)")
     p.add_argument("--threads", type=int, help="CPU threads for the model (default: all cores but one)")
     calibration_args(p)
-    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
-                   help="extra Host header name to accept when listening on loopback (e.g. behind a proxy)")
+    p.add_argument("--allowed-hosts", "--allow-host", dest="allow_host", action="extend", nargs="+", default=[],
+                   metavar="NAME",
+                   help="extra Host header names to answer to (e.g. behind a proxy); every request naming another "
+                        "host gets 400. Always accepted: the loopback names and the --host name, and for 0.0.0.0 "
+                        "or :: this machine's host name and addresses; '*' accepts any (not advised)")
     base_args(p, None)
     p.set_defaults(func=run_serve)
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from ..serving import serve
+    from ..serve import serve
 
     return serve(args.adapter, host=args.host, port=args.port, backend=args.backend, model=args.model,
                  use=args.use, base_model=args.base_model, model_dir=args.model_dir, device=args.device,

@@ -1,0 +1,96 @@
+"""The API's request and response bodies (the schema at /docs), its limits per request and its error answer."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_TEXTS = 256
+MAX_CHARS = 2000
+ADAPTER_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # URL-safe; PEFT holds adapters under keys of its own
+
+
+class ApiError(Exception):
+    """An error answered as `{"error": message}` with an HTTP status."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers
+
+
+def unknown_adapter(name: str, predictor) -> str:
+    """The 404 message for an adapter name that `predictor` has not loaded."""
+    return f"unknown adapter {name!r} (loaded: {', '.join(predictor.adapters)})"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# The schema states the limits the handlers enforce (with their own messages: the schema is documentation), so
+# that a client, or a fuzzer, can tell valid requests from invalid ones; create_app adds the per-server maxima.
+Text = Annotated[str, Field(json_schema_extra={"minLength": 1, "pattern": r"\S"})]  # not blank
+
+
+class PredictRequest(Strict):
+    texts: list[Text] = Field(description="posts to classify", json_schema_extra={"minItems": 1})
+    adapter: str | None = Field(None, description="adapter name (default: the server's default adapter)")
+
+
+class PredictionOut(BaseModel):
+    label: int
+    label_name: str
+    confidence: float
+    probabilities: dict[str, float]
+
+
+class PredictResponse(BaseModel):
+    adapter: str
+    revision: int = Field(description="times this name has been loaded; a hot swap adds one")
+    predictions: list[PredictionOut]
+
+
+class AdapterOut(BaseModel):
+    name: str
+    label_names: list[str]
+    revision: int
+    default: bool
+
+
+class AdaptersResponse(BaseModel):
+    base_model: str
+    default: str | None
+    adapters: list[AdapterOut]
+
+
+class LoadRequest(Strict):
+    name: str = Field(description="adapter name; an existing one is replaced (hot swap)",
+                      json_schema_extra={"pattern": f"^{ADAPTER_NAME.pattern}$"})
+    path: str = Field(description="adapter directory, relative to the server's --adapter-root",
+                      json_schema_extra={"pattern": r"^[^\\\x00]+$"})
+
+
+class DefaultRequest(Strict):
+    adapter: str = Field(description="the adapter to use when a request names none")
+
+
+class ErrorOut(BaseModel):
+    error: str
+
+
+class RemovedOut(BaseModel):
+    removed: str
+    default: str = Field(description="the default adapter afterwards")
+
+
+class HealthOut(BaseModel):
+    status: str
+    adapters: int
+    pending: int = Field(description="requests waiting for the model")
+    pending_texts: int = Field(description="their texts; beyond max_queue new requests get 503")
+    max_queue: int
+    dropped_requests: int = Field(description="requests dropped unanswered because their client went away")
+    dropped_texts: int
+    model_calls: int
