@@ -29,7 +29,7 @@ from workbench import child_arguments, tiny_adapter, weibo_rows, write_csv  # no
 
 def child(args: argparse.Namespace) -> None:
     if args.mode == "local":
-        from weibo_sentiment.export import load_predictor
+        from weibo_sentiment.inference import load_predictor
         from weibo_sentiment.streaming.run import predict_file
 
         predictor = load_predictor([args.adapter], device="cpu")

@@ -32,7 +32,7 @@ from workbench import child_arguments, cli, tiny_adapter, weibo_rows, write_csv 
 
 
 def child(args: argparse.Namespace) -> None:
-    from weibo_sentiment.export import load_predictor
+    from weibo_sentiment.inference import load_predictor
 
     if args.backend == "torch":
         predictor = load_predictor([args.adapter])

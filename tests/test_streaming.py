@@ -244,7 +244,8 @@ def test_routing_column_across_chunks(tmp_path, sample_adapter, adapter_copy, cl
 
 def test_onnx_backend_streams(tmp_path, sample_adapter, cli):
     pytest.importorskip("onnxruntime")
-    from weibo_sentiment.export import OnnxPredictor, export_onnx
+    from weibo_sentiment.exporters.onnx import export_onnx
+    from weibo_sentiment.inference import OnnxPredictor
 
     model = export_onnx(sample_adapter, tmp_path / "export")
     texts = sample_texts(11)

@@ -3,7 +3,7 @@
 `predict_dataset(ds, adapters=[...])` turns a Ray Dataset holding a text column into one of predictions (for
 users who already hold a Dataset); `score_files(input, output, ...)` reads CSV/TSV, JSONL or Parquet shards (a
 file, a directory or a glob), scores them and writes Parquet (or CSV/JSONL) shards into the output directory
-(`weibo-sentiment predict --engine ray`). Each actor loads the model once (`export.load_predictor`: torch over
+(`weibo-sentiment predict --engine ray`). Each actor loads the model once (`inference.load_predictor`: torch over
 adapters, or an ONNX export) and uses `cpus_per_worker` torch threads. Ray is an optional extra
 (`pip install 'weibo-sentiment[cluster]'`), imported only here, inside the functions.
 """
@@ -44,7 +44,7 @@ class _Scorer:
         import torch
 
         torch.set_num_threads(max(1, threads))  # Ray sets OMP_NUM_THREADS=1 in workers
-        from .export import load_predictor
+        from .inference import load_predictor
 
         self.predictor = load_predictor(adapters or None, backend=backend, model=model, base_model=base_model,
                                         model_dir=model_dir, device=device, calibrated=calibrated,

@@ -33,7 +33,7 @@ def add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from ..export import export_onnx
+    from ..exporters.onnx import export_onnx
 
     if args.int8_fp32_blocks is not None and not args.int8:
         raise UserError("--int8-fp32-blocks applies to --int8 exports only")

@@ -58,7 +58,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from ..export import load_predictor
+    from ..inference import load_predictor
 
     check_min_confidence(args.min_confidence)  # before loading the model
     if args.engine == "ray":

@@ -49,7 +49,7 @@ def predict_file(
     """Predict every text of `input` (CSV/TSV, JSONL, Parquet, .txt) into `output` (.csv, .jsonl, .parquet;
     None or `-`: JSON lines, or `fmt`, on stdout), `chunk_size` rows at a time, in input order.
 
-    `predictor` is a `Predictor` or `OnnxPredictor` (`export.load_predictor`); a `routing` column named
+    `predictor` is a `Predictor` or `OnnxPredictor` (`inference.load_predictor`); a `routing` column named
     `adapter` sends each row to that adapter (blank: the predictor's default). `id_column` is copied into every
     output row (first column); `keep_columns` copies all other input columns after the prediction's (renamed
     `input_NAME` where a name is taken). `resume` continues an interrupted run; without it, the leftovers of one
