@@ -15,14 +15,3 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def write_report(report: dict, markdown: str, output: str | Path) -> None:
-    """A benchmark's report as Markdown at `output` and as JSON beside it; the Markdown also on stdout."""
-    import json
-
-    out = Path(output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    out.write_text(markdown, encoding="utf-8")
-    print(markdown)
