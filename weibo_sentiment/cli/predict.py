@@ -45,7 +45,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--explain", type=int, nargs="?", const=5, metavar="K",
                    help="add each text's K (default 5) most influential spans of its own text with signed weights "
                         "(positive: supports the label) and the completeness error: integrated gradients on the "
-                        "torch backend, some 50 times a prediction's cost (docs/explanations.md)")
+                        "torch backend, tens of times a prediction's cost (docs/explanations.md)")
     p.add_argument("--engine", default="local", choices=["local", "ray"],
                    help="local (default: this process, streaming) or ray: --input's shards (a file, directory or "
                         "glob) scored by a pool of Ray actors into the directory --output")

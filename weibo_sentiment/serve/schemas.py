@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 MAX_TEXTS = 256
 MAX_CHARS = 2000
-# An explanation costs some 50 predictions (docs/explanations.md) and holds the model thread meanwhile.
+# An explanation costs tens of predictions (docs/explanations.md) and holds the model thread meanwhile.
 MAX_EXPLAIN_TEXTS = 16
 MAX_EXPLAIN_SPANS = 50
 ADAPTER_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # URL-safe; PEFT holds adapters under keys of its own
