@@ -392,7 +392,40 @@ def cmd_serve(args: argparse.Namespace) -> int:
                  max_texts=args.max_texts, max_chars=args.max_chars, max_body_bytes=args.max_body_bytes,
                  batch_wait_ms=args.batch_wait_ms, batch_size=args.batch_size, allowed_hosts=args.allow_host,
                  threads=args.threads, max_queue=args.max_queue, calibrated=not args.no_calibration,
-                 allow_other_base=args.allow_other_base)
+                 allow_other_base=args.allow_other_base, feedback=args.feedback,
+                 feedback_max_bytes=args.feedback_max_bytes)
+
+
+def cmd_feedback_export(args: argparse.Namespace) -> int:
+    from .feedback import export_training_csv
+
+    rows = export_training_csv(args.store, args.output, adapter=args.adapter)
+    print(f"{rows} corrected posts written to {args.output}; train on them with `weibo-sentiment train --data "
+          f"{args.output}`")
+    return 0
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    from .data import read_texts
+    from .inference import Predictor
+    from .output import check_output_file
+    from .selection import check_unlabelled, select_posts, write_to_label
+
+    check_output_file(args.output, "to-label", inputs=[args.input])  # before any model work
+    check_unlabelled(args.output)
+    extra = (args.id_column,) if args.id_column else ()
+    texts, extras = read_texts(args.input, text_column=args.text_column, encoding=args.encoding, extra_columns=extra)
+    if args.id_column and args.id_column not in extras:
+        raise UserError(f"--id-column {args.id_column!r}: {args.input} has no such column")
+    predictor = Predictor.from_adapters([args.adapter], base_model=args.base_model, model_dir=args.model_dir,
+                                        device=args.device, calibrated=not args.no_calibration,
+                                        allow_other_base=args.allow_other_base)
+    chosen = select_posts(predictor, texts, args.n, strategy=args.strategy, seed=args.seed,
+                          batch_size=args.batch_size, progress=sys.stderr.isatty())
+    write_to_label(chosen, args.output, ids=extras.get(args.id_column), text_column=args.text_column,
+                   inputs=[args.input])
+    print(f"{len(chosen)} posts to label ({args.strategy}) written to {args.output}; fill in its label column")
+    return 0
 
 
 def cmd_combine(args: argparse.Namespace) -> int:
@@ -667,8 +700,39 @@ def build_parser() -> argparse.ArgumentParser:
                    help="extra Host header names to answer to (e.g. behind a proxy); every request naming another "
                         "host gets 400. Always accepted: the loopback names and the --host name, and for 0.0.0.0 "
                         "or :: this machine's host name and addresses; '*' accepts any (not advised)")
+    p.add_argument("--feedback", metavar="FILE",
+                   help="let POST /v1/feedback (and the web page) append label corrections to this JSONL store "
+                        "(default: feedback.jsonl in --adapter-root when given, else off)")
+    p.add_argument("--feedback-max-bytes", type=int, default=64 * 1024 * 1024, metavar="N",
+                   help="size of the feedback store beyond which corrections get 507 (default: 64 MiB)")
     _base_args(p, None)
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("feedback", help="label corrections stored by `serve`")
+    feedback_sub = p.add_subparsers(dest="feedback_command", required=True, metavar="ACTION")
+    q = feedback_sub.add_parser("export", help="write the corrections as a training CSV (label,review; the latest "
+                                               "correction of a text wins)")
+    q.add_argument("--store", required=True, metavar="FILE", help="the feedback store (feedback.jsonl)")
+    q.add_argument("--output", required=True, metavar="FILE.csv", help="training CSV to write")
+    q.add_argument("--adapter", metavar="NAME", help="only the corrections of this adapter name")
+    q.set_defaults(func=cmd_feedback_export)
+
+    p = sub.add_parser("select", help="pick the posts most worth labelling (least confident, deduplicated) "
+                                      "and write them as a CSV to label")
+    _adapter_args(p, many=False)
+    p.add_argument("--input", required=True, help="CSV/TSV (text column) or .txt (one post per line)")
+    p.add_argument("--n", type=int, default=200, help="posts to pick (default: 200)")
+    p.add_argument("--strategy", default="uncertainty", choices=["uncertainty", "random"],
+                   help="uncertainty: the lowest calibrated confidence first (default); random: a seeded sample")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random sample and of ties (default: 0)")
+    p.add_argument("--id-column", metavar="NAME", help="input column to copy as the id (default: the row number)")
+    p.add_argument("--output", required=True, metavar="FILE.csv",
+                   help="CSV to write: id, text, predicted_label, confidence, label (empty, to fill in)")
+    _calibration_args(p)
+    _base_args(p, None)
+    p.add_argument("--text-column", default="review", help="column holding the text (default: review)")
+    p.add_argument("--encoding", default="utf-8", help="file encoding (default: utf-8, with or without BOM)")
+    p.set_defaults(func=cmd_select)
     return parser
 
 
