@@ -74,7 +74,7 @@ def arm(argv: list[str]) -> int:
 def _from_source(output: Path, kw: dict) -> dict | None:
     """An arm already run into `output` (its result file, else its source marker) with the same settings, or None:
     stages may be run ahead in parallel processes (`--arm`, `--row`) and are not run again."""
-    from weibo_sentiment.modeling import SOURCE_FILE
+    from weibo_sentiment.output import SOURCE_FILE
 
     sidecar, source = Path(f"{output}.result.json"), output / SOURCE_FILE
     if sidecar.is_file():

@@ -167,7 +167,8 @@ def test_serve_command_passes_no_calibration(cli, hot, monkeypatch):
 def test_merged_model_in_a_plain_pipeline_is_calibrated(hot, tmp_path, calibrated):
     from transformers import pipeline
 
-    from weibo_sentiment.adapters import MERGE_FILE, merge
+    from weibo_sentiment.adapters import merge
+    from weibo_sentiment.output import MERGE_FILE
 
     out = merge(hot, tmp_path / "merged")
     assert json.loads((out / MERGE_FILE).read_text(encoding="utf-8"))["temperature"] == HOT

@@ -226,7 +226,7 @@ def test_kill_9_then_resume_under_two_processes(two_process_run, tmp_path, tiny_
 def test_adapt_base_on_two_processes_writes_one_base(tmp_path, tiny_base):
     """adapt-base under torchrun: rank 0 alone claims the checkpoint directory and writes the base; the Trainer
     runs DDP over gloo (each rank its half of the blocks), and the source marker records the world size."""
-    from weibo_sentiment.modeling import SOURCE_FILE
+    from weibo_sentiment.output import SOURCE_FILE
 
     out = tmp_path / "adapted"
     command = torchrun("-m", "weibo_sentiment", "adapt-base", "--texts", SAMPLE, "--base-model", tiny_base,

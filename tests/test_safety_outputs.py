@@ -13,7 +13,8 @@ import pytest
 
 from weibo_sentiment.errors import UserError
 from weibo_sentiment.export import export_onnx, quantize_export
-from weibo_sentiment.modeling import SOURCE_FILE, check_output_dir, init_model, resolve_base_model
+from weibo_sentiment.modeling import init_model, resolve_base_model
+from weibo_sentiment.output import SOURCE_FILE, check_output_dir
 
 from .conftest import SAMPLE, write
 

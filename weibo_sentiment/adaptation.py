@@ -32,15 +32,12 @@ from .errors import UserError
 from .modeling import (
     DEFAULT_BASE_MODEL,
     DEFAULT_MODEL_DIR,
-    SOURCE_FILE,
-    atomic_dir,
-    base_inputs,
-    check_output_dir,
     load_tokenizer,
     resolve_base_model,
     save_tokenizer,
     special_token_ids,
 )
+from .output import atomic_dir, base_inputs, check_output_dir, write_marker
 
 logger = logging.getLogger(__name__)
 
@@ -387,7 +384,7 @@ def save_base(model: GPT2LMHeadModel, tokenizer, source: dict, output: Path, inp
         if vocab_from is not None and (vocab_from / "vocab.txt").is_file() and not (tmp / "vocab.txt").exists():
             shutil.copyfile(vocab_from / "vocab.txt", tmp / "vocab.txt")  # as init-model and the download keep it
         # The mark of a base written by this package; "adapted_from", never "base_model" (that means a hub download).
-        (tmp / SOURCE_FILE).write_text(json.dumps(source, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        write_marker(tmp, "base", source)
 
 
 def _portable_base(base_model: str, base_dir: Path) -> str:

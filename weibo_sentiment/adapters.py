@@ -13,11 +13,12 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from .adapter_io import RUN_FILE, SAVE_DTYPES, WEIGHTS_FILE, package_versions, read_run
+from .adapter_io import SAVE_DTYPES, WEIGHTS_FILE, package_versions, read_run
 from .errors import UserError
 from .inference import Predictor, parse_adapter_specs
 from .model_card import merged_card, write_card
-from .modeling import DEFAULT_MODEL_DIR, atomic_dir, base_inputs, check_output_dir, save_tokenizer
+from .modeling import DEFAULT_MODEL_DIR, save_tokenizer
+from .output import RUN_FILE, atomic_dir, base_inputs, check_output_dir, write_marker
 from .training import save_adapter
 
 logger = logging.getLogger(__name__)
@@ -25,7 +26,6 @@ logger = logging.getLogger(__name__)
 COMBINE_METHODS = ("linear", "cat", "ties", "dare_ties", "svd")
 # Methods that add the adapters' A and B matrices element-wise, so every adapter must have the same rank.
 SAME_RANK_METHODS = ("linear", "ties", "dare_ties")
-MERGE_FILE = "weibo_sentiment_merge.json"
 
 
 def _specs(adapters: Mapping[str, str | Path] | Sequence[str | Path]) -> dict[str, Path]:
@@ -245,8 +245,7 @@ def merge(
                       "temperature": temperature,
                       "temperature_applied": "score.weight is divided by it: the logits are already calibrated",
                       "versions": package_versions()}
-        (tmp / MERGE_FILE).write_text(json.dumps(provenance, indent=2, ensure_ascii=False) + "\n",
-                                      encoding="utf-8")
+        write_marker(tmp, "merged", provenance)
         folded = getattr(model.config, "weibo_sentiment_temperature", None) is not None  # T already in the head
         write_card(tmp, merged_card(info.run, output, adapter, calibrated_weights=folded))
     logger.info("merged %s into its base; standalone model written to %s", adapter, output)

@@ -19,6 +19,7 @@ from transformers import TrainerCallback
 
 from .adapter_io import base_fingerprint
 from .errors import UserError
+from .output import write_json_record
 
 if TYPE_CHECKING:
     from .training import TrainConfig
@@ -69,15 +70,6 @@ def checkpoint_complete(folder: Path) -> bool:
 def last_complete_checkpoint(root: Path) -> Path | None:
     complete = [p for p in _checkpoint_folders(root) if checkpoint_complete(p)]
     return complete[-1] if complete else None
-
-
-def _write_json_atomic(path: Path, value: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        f.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _remove_checkpoint(folder: Path) -> None:
@@ -185,8 +177,8 @@ def claim_checkpoint_dir(checkpoints: Path, marker: dict | None, identity: dict,
             _remove_checkpoint(folder)
     created = marker.get("created_dir", False) if marker is not None else not checkpoints.exists()
     checkpoints.mkdir(parents=True, exist_ok=True)
-    _write_json_atomic(checkpoints / MARKER_FILE, {"tool": "weibo-sentiment", "created_dir": created,
-                                                   "completed": False, "identity": identity})
+    write_json_record(checkpoints / MARKER_FILE, {"tool": "weibo-sentiment", "created_dir": created,
+                                                  "completed": False, "identity": identity})
     return resume_from
 
 
@@ -195,7 +187,7 @@ def release_checkpoint_dir(checkpoints: Path, keep: bool) -> None:
     marker_path = checkpoints / MARKER_FILE
     marker = json.loads(marker_path.read_text(encoding="utf-8"))
     if keep:
-        _write_json_atomic(marker_path, {**marker, "completed": True})
+        write_json_record(marker_path, {**marker, "completed": True})
         return
     for folder in _checkpoint_folders(checkpoints):
         _remove_checkpoint(folder)
@@ -238,7 +230,7 @@ class CheckpointKeeper(TrainerCallback):
             with path.open("rb") as f:
                 os.fsync(f.fileno())
             files[path.relative_to(folder).as_posix()] = path.stat().st_size
-        _write_json_atomic(folder / COMPLETE_FILE, {"global_step": state.global_step, "files": files})
+        write_json_record(folder / COMPLETE_FILE, {"global_step": state.global_step, "files": files})
         evals = [e for e in state.log_history if "eval_macro_f1" in e]
         keep = {folder.name}
         if evals:

@@ -11,19 +11,17 @@ adapters, or an ONNX export) and uses `cpus_per_worker` torch threads. Ray is an
 from __future__ import annotations
 
 import glob
-import json
 import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import UserError
-from .modeling import atomic_dir, check_output_dir
+from .output import SCORES_FILE, atomic_dir, check_output_dir, write_marker
 from .streaming import JSONL_SUFFIXES, PARQUET_SUFFIXES, ROUTING_COLUMN, TABLE_SUFFIXES, output_row
 
 logger = logging.getLogger(__name__)
 
-MARKER_FILE = "weibo_sentiment_scores.json"  # marks an output directory of score_files (modeling.OUTPUT_KINDS)
 MISSING_RAY = "--engine ray needs Ray: pip install 'weibo-sentiment[cluster]'"
 DEFAULT_BATCH_ROWS = 1024  # rows handed to an actor per call (the model's own batches are `model_batch_size`)
 
@@ -253,8 +251,7 @@ def score_files(input: str | Path, output: str | Path, adapters: Sequence[str | 
             marker = {"rows": rows, "format": fmt, "inputs": [str(p) for p in files],
                       "adapters": [str(a) for a in adapters or []], "model": options.get("model") and
                       str(options["model"]), "id_column": options.get("id_column")}
-            (tmp / MARKER_FILE).write_text(json.dumps(marker, ensure_ascii=False, indent=2) + "\n",
-                                           encoding="utf-8")
+            write_marker(tmp, "ray-output", marker)
         return marker
     finally:
         if started:
@@ -264,7 +261,7 @@ def score_files(input: str | Path, output: str | Path, adapters: Sequence[str | 
 def _count_rows(directory: Path, fmt: str) -> int:
     import pyarrow.dataset as pads
 
-    files = [str(p) for p in sorted(directory.iterdir()) if p.is_file() and p.name != MARKER_FILE]
+    files = [str(p) for p in sorted(directory.iterdir()) if p.is_file() and p.name != SCORES_FILE]
     if not files:
         return 0
     if fmt == "jsonl":

@@ -24,12 +24,12 @@ from .calibration import softmax
 from .errors import UserError
 from .inference import AdapterInfo, Prediction, Predictor, check_temperature, parse_adapter_specs
 from .model_card import export_card, source_run, write_card
-from .modeling import DEFAULT_MODEL_DIR, atomic_dir, base_inputs, check_output_dir, load_tokenizer, save_tokenizer
+from .modeling import DEFAULT_MODEL_DIR, load_tokenizer, save_tokenizer
+from .output import EXPORT_FILE, atomic_dir, base_inputs, check_output_dir, write_marker
 
 logger = logging.getLogger(__name__)
 
 MODEL_FILE = "model.onnx"
-EXPORT_FILE = "export.json"
 BACKENDS = ("torch", "onnx", "onnx-int8")
 OPSET = 17
 
@@ -153,8 +153,7 @@ def export_onnx(
             "padding_side": "right",
             "versions": package_versions(),
         }
-        text = json.dumps(meta, indent=2, ensure_ascii=False) + "\n"
-        (tmp / EXPORT_FILE).write_text(text, encoding="utf-8")
+        write_marker(tmp, "export", meta)
         write_card(tmp, export_card(meta, info.run, output))
     logger.info("exported %s (%s, merged into its base) to %s", adapter, "int8" if int8 else "fp32", output)
     return output
@@ -174,8 +173,7 @@ def quantize_export(source: str | Path, output: str | Path, fp32_blocks: int | N
                 shutil.copy2(f, tmp / f.name)
         quantization = quantize_int8(source / MODEL_FILE, tmp / MODEL_FILE, fp32_blocks)
         meta = {**meta, "precision": "int8", "quantization": quantization}
-        text = json.dumps(meta, indent=2, ensure_ascii=False) + "\n"
-        (tmp / EXPORT_FILE).write_text(text, encoding="utf-8")
+        write_marker(tmp, "export", meta)
         write_card(tmp, export_card(meta, source_run(meta), output))  # replaces the fp32 card copied above
     return output
 

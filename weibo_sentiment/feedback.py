@@ -21,6 +21,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from .errors import UserError, file_error
+from .output import atomic_open, fsync_dir, write_rows
 
 logger = logging.getLogger(__name__)
 
@@ -168,14 +169,6 @@ class FeedbackStore:
         return corrections
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def latest_per_text(corrections: Iterable[Correction]) -> list[Correction]:
     """One correction per text: the latest one, in the order the texts were first corrected."""
     latest: dict[str, Correction] = {}
@@ -207,8 +200,6 @@ def training_rows(corrections: Iterable[Correction], adapter: str | None = None)
 def export_training_csv(store: str | Path, output: str | Path, adapter: str | None = None) -> int:
     """Write the store's corrections as a training CSV (label,review,... as `train` reads it), atomically; the
     number of rows written."""
-    from .output import atomic_open, write_rows
-
     rows = training_rows(FeedbackStore(store).read(), adapter)
     with atomic_open(output, kind="feedback", inputs=[store]) as f:
         write_rows(rows, f, "csv")

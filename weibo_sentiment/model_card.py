@@ -17,8 +17,8 @@ from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
 
-from .adapter_io import RUN_FILE
-from .modeling import DEFAULT_BASE_MODEL, SOURCE_FILE, load_tokenizer, special_token_ids
+from .modeling import DEFAULT_BASE_MODEL, load_tokenizer, special_token_ids
+from .output import RUN_FILE, SOURCE_FILE
 
 CARD_FILE = "README.md"
 PICTURES = (".png", ".svg", ".jpg", ".jpeg")

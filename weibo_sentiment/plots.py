@@ -34,9 +34,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .output import SOFTWARE, atomic_open, check_output_file
+
 logger = logging.getLogger(__name__)
 
-SOFTWARE = "weibo-sentiment"  # the PNG `Software` text chunk of every picture we write
 FONT_ENV = "WEIBO_SENTIMENT_FONT"
 RELIABILITY_BINS = 15
 DPI = 100
@@ -183,32 +184,8 @@ def _png(fig, title: str, description: str = "") -> bytes:
     return buffer.getvalue()
 
 
-def is_our_png(head: bytes) -> bool:
-    """True when `head` (the first bytes of a file) is a PNG with our `Software` text chunk before its image
-    data: a picture this package wrote. Any other PNG is the user's."""
-    if not head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return False
-    at = 8
-    while at + 8 <= len(head):
-        length = int.from_bytes(head[at:at + 4], "big")
-        kind = head[at + 4:at + 8]
-        data = head[at + 8:at + 8 + length]
-        if kind in (b"IDAT", b"IEND") or len(data) < length:
-            return False
-        if kind in (b"tEXt", b"iTXt"):
-            key, _, value = data.partition(b"\0")
-            if kind == b"iTXt":  # compression flag, method, language\0, translated keyword\0, text
-                value = value[2:].split(b"\0", 2)[-1] if value[:1] == b"\0" else b""
-            if key == b"Software" and value.startswith(SOFTWARE.encode()):
-                return True
-        at += 12 + length
-    return False
-
-
 def _write(path: Path, data: bytes, *, checked: bool) -> Path:
     if checked:  # a file anywhere: atomically, and only over an earlier picture of ours (or nothing)
-        from .output import atomic_open
-
         with atomic_open(path, "wb", encoding=None, kind="plot") as f:
             f.write(data)
     else:
@@ -337,8 +314,6 @@ def evaluation_figure(path: str | Path, labels, probs, raw_probs, label_names: S
     if raw is not None and raw.shape != probs.shape:
         raise ValueError(f"raw_probs has shape {raw.shape}, probs {probs.shape}")
     if checked:  # before drawing: a refused path costs nothing
-        from .output import check_output_file
-
         check_output_file(path, "plot")
 
     fonts = _Fonts([*names, title or ""])

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
+from .output import atomic_open, write_rows
 
 STRATEGIES = ("uncertainty", "random")
 _SPACE = re.compile(r"\s+")
@@ -94,8 +95,6 @@ def to_label_rows(candidates: Sequence[Candidate], ids: Sequence[str] | None, te
 def write_to_label(candidates: Sequence[Candidate], output: str | Path, ids: Sequence[str] | None = None,
                    text_column: str = "review", inputs: Sequence[str | Path] = ()) -> None:
     """The posts to label as a CSV, atomically (see `to_label_rows`)."""
-    from .output import atomic_open, write_rows
-
     check_unlabelled(output)
     with atomic_open(output, kind="to-label", inputs=inputs) as f:
         write_rows(to_label_rows(candidates, ids, text_column), f, "csv")

@@ -30,10 +30,18 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .adapter_io import RUN_FILE, WEIGHTS_FILE
+from .adapter_io import WEIGHTS_FILE
 from .data import DEFAULT_TEXT_COLUMN, _column, _delimiter, _unclosed_quote, clean_text, shown
 from .errors import UserError, file_error
-from .output import atomic_open, check_output_file
+from .output import (
+    RUN_FILE,
+    atomic_open,
+    check_output_file,
+    fsync_dir,
+    replace_file,
+    synced_file,
+    write_json_record,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -343,19 +351,6 @@ class Source:
 
 
 # ---- writing -------------------------------------------------------------------------------------------
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 class _TextSink:
     """CSV or JSONL rows appended to a file (the partial, or stdout)."""
 
@@ -427,16 +422,6 @@ def _sha256_prefix(path: Path, length: int) -> str:
 def partial_paths(output: Path) -> tuple[Path, Path]:
     """(partial file or folder, progress record) of a streaming run writing `output`."""
     return output.with_name(f".{output.name}.partial"), output.with_name(f".{output.name}.progress.json")
-
-
-def _write_record(path: Path, record: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        json.dump(record, f, indent=1, ensure_ascii=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def _remove(path: Path) -> None:
@@ -560,10 +545,10 @@ def predict_file(
 
     if out_path is not None:
         def write_record(rows_done: int, chunk_count: int, nbytes: int) -> None:
-            _write_record(record_path, {**fingerprint, "rows_done": rows_done, "chunks": chunk_count,
-                                        "partial_bytes": nbytes, "truncated": truncated,
-                                        "input": {"size": source.size, "offset": source.offset,
-                                                  "sha256": source.sha256_of_read()}})
+            write_json_record(record_path, {**fingerprint, "rows_done": rows_done, "chunks": chunk_count,
+                                            "partial_bytes": nbytes, "truncated": truncated,
+                                            "input": {"size": source.size, "offset": source.offset,
+                                                      "sha256": source.sha256_of_read()}})
 
     show = sys.stderr.isatty() if progress is None else progress
     from tqdm.auto import tqdm
@@ -594,11 +579,8 @@ def predict_file(
 
                 table = pa.Table.from_pylist(rows, schema=schema)
                 name = partial / f"{chunks:08d}.parquet"
-                tmp = name.with_suffix(".tmp")
-                pq.write_table(table, tmp)
-                with tmp.open("rb") as t:
-                    os.fsync(t.fileno())
-                os.replace(tmp, name)
+                with synced_file(name) as tmp:
+                    pq.write_table(table, tmp)
                 nbytes = 0
             else:
                 sink.write(rows)
@@ -619,19 +601,19 @@ def predict_file(
         if out_path is not None:
             if f is not None:
                 f.close()
-            check_output_file(out_path, "predictions", inputs=[input])  # still ours to replace
             if out_fmt == "parquet":
                 import pyarrow.parquet as pq
 
+                # atomic_open checks (again) that out_path is still ours to replace
                 with atomic_open(out_path, "wb", encoding=None, inputs=[input]) as out:
                     with pq.ParquetWriter(out, schema) as writer:
                         for part in sorted(partial.glob("*.parquet")):
                             writer.write_table(pq.read_table(part, schema=schema))
                 shutil.rmtree(partial)
             else:
-                os.replace(partial, out_path)
+                replace_file(partial, out_path, "predictions", inputs=[input])  # if still ours to replace
             record_path.unlink(missing_ok=True)
-            _fsync_dir(out_path.parent)
+            fsync_dir(out_path.parent)
         else:
             sys.stdout.flush()
         elapsed = time.monotonic() - started

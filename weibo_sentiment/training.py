@@ -39,15 +39,12 @@ from .model_card import adapter_card, write_card
 from .modeling import (
     DEFAULT_BASE_MODEL,
     DEFAULT_MODEL_DIR,
-    Inputs,
-    atomic_dir,
-    base_inputs,
-    check_output_dir,
     load_classifier,
     load_tokenizer,
     resolve_base_model,
     save_tokenizer,
 )
+from .output import Inputs, atomic_dir, base_inputs, check_output_dir
 from .plots import training_extras
 
 logger = logging.getLogger(__name__)
