@@ -177,7 +177,7 @@ def test_feedback_is_stored_from_the_page_and_from_clients(predictor, tmp_path):
         assert reply.status_code == 200, reply.json()
         assert reply.json()["revision"] == 1 and reply.json()["corrected_label"] == "negative"
         assert client.post("/v1/feedback", json={**BODY, "adapter": None, "revision": 3}).status_code == 200
-        refusals = [({**BODY, "corrected_label": "angry"}, 422, "corrected_label 'angry' is not a label"),
+        refusals = [({**BODY, "corrected_label": "angry"}, 409, "corrected_label 'angry' is not a label"),
                     ({**BODY, "adapter": "other"}, 404, "unknown adapter 'other'"),
                     ({**BODY, "text": "长" * 51}, 413, "text has 51 characters; the limit is 50"),
                     ({**BODY, "text": " "}, 422, "text is empty"),

@@ -323,13 +323,14 @@ def add_default_route(app: FastAPI, service: Service) -> None:
 
 
 def openapi_with_limits(app: FastAPI, max_texts: int, max_chars: int) -> Callable[[], dict]:
-    """`app.openapi` with this server's maxima added to PredictRequest.texts."""
+    """`app.openapi` with this server's maxima added to PredictRequest.texts and FeedbackRequest.text."""
     def openapi() -> dict:
         if app.openapi_schema is None:
             schema = type(app).openapi(app)  # FastAPI's own, which caches it in app.openapi_schema
             texts = schema["components"]["schemas"]["PredictRequest"]["properties"]["texts"]
             texts["maxItems"] = max_texts
             texts["items"]["maxLength"] = max_chars
+            schema["components"]["schemas"]["FeedbackRequest"]["properties"]["text"]["maxLength"] = max_chars
         return app.openapi_schema
 
     return openapi

@@ -14,7 +14,7 @@ from ..feedback import FEEDBACK_FILE, MAX_STORE_BYTES, Correction, FeedbackRefus
 from .batcher import MicroBatcher
 from .schemas import ApiError, ErrorOut, FeedbackOut, FeedbackRequest, unknown_adapter
 
-FEEDBACK_ERRORS = {code: {"model": ErrorOut} for code in (400, 401, 403, 404, 413, 415, 422, 507)}
+FEEDBACK_ERRORS = {code: {"model": ErrorOut} for code in (400, 401, 403, 404, 409, 413, 415, 422, 507)}
 
 
 def feedback_store(feedback: str | Path | None, root: Path | None,
@@ -57,7 +57,8 @@ def checked_correction(body: FeedbackRequest, predictor, batcher: MicroBatcher, 
     labels = info.label_names
     for field, value in (("predicted_label", body.predicted_label), ("corrected_label", body.corrected_label)):
         if value not in labels:
-            raise ApiError(422, f"{field} {value[:64]!r} is not a label of adapter {name!r} ({', '.join(labels)})")
+            # 409, as for an unknown adapter: the schema cannot say which labels the loaded adapters have
+            raise ApiError(409, f"{field} {value[:64]!r} is not a label of adapter {name!r} ({', '.join(labels)})")
     revision = body.revision or batcher.revisions.get(name, 1)
     return Correction(text=body.text, adapter=name, predicted_label=body.predicted_label,
                       corrected_label=body.corrected_label, revision=revision, label_names=labels)
