@@ -129,7 +129,7 @@ def uer_speed(work: Path, vocab: Path, steps: int, batch: int, block: int, prese
     peak measured in this run, and the share of a step spent in the 21,128-way output layer (lm_head + loss)."""
     from transformers import GPT2LMHeadModel
 
-    from weibo_sentiment.training import fast_activations
+    from weibo_sentiment.speedups import fast_activations
 
     base = work / preset
     if not (base / "model.safetensors").is_file():

@@ -9,7 +9,7 @@ Arms (each in its own process, so peak RSS is its own and no arm warms another's
                     batches, fused AdamW), timed per step with a TrainerCallback
   train_ours_bf16   the same with `--precision bf16` (CPUs with oneDNN bf16 kernels only; its FLOP share is
                     taken of a bf16 GEMM peak and is not a target figure)
-  export            `weibo_sentiment.export`: the adapter trained by train_ours merged and exported to ONNX
+  export            `weibo_sentiment.exporters.onnx`: the adapter trained by train_ours merged and exported to ONNX
                     (fp32), then quantized to int8
   predict_original  the original predict: one text at a time padded to 128, LoRA unmerged, torch.no_grad
   predict_torch     `Predictor` (length-sorted batches, LoRA merged while one adapter is loaded)
@@ -240,7 +240,8 @@ def arm_train_ours_bf16(work: Path, cfg: dict) -> dict:
 
 
 def arm_export(work: Path, cfg: dict) -> dict:
-    from weibo_sentiment.export import MODEL_FILE, export_onnx, quantize_export, read_export
+    from weibo_sentiment.exporters.onnx import export_onnx, quantize_export
+    from weibo_sentiment.inference.onnx_predictor import MODEL_FILE, read_export
 
     start = time.perf_counter()
     fp32 = export_onnx(work / "adapter", work / "onnx")
@@ -322,7 +323,7 @@ def arm_predict_torch(work: Path, cfg: dict) -> dict:
 
 
 def arm_predict_onnx(work: Path, cfg: dict) -> dict:
-    from weibo_sentiment.export import OnnxPredictor
+    from weibo_sentiment.inference import OnnxPredictor
 
     predictor = OnnxPredictor(work / "onnx")
     return {**_predict_arm(work, cfg, predictor, "onnx"),
@@ -330,7 +331,7 @@ def arm_predict_onnx(work: Path, cfg: dict) -> dict:
 
 
 def arm_predict_onnx_int8(work: Path, cfg: dict) -> dict:
-    from weibo_sentiment.export import OnnxPredictor
+    from weibo_sentiment.inference import OnnxPredictor
 
     predictor = OnnxPredictor(work / "onnx-int8")
     return {**_predict_arm(work, cfg, predictor, "onnx_int8"),

@@ -31,7 +31,8 @@ import torch
 from machine import cpu_name  # benchmarks/machine.py: the script folder is on sys.path
 
 from weibo_sentiment.adapter_io import package_versions
-from weibo_sentiment.data import load_labelled, strip_emoticons
+from weibo_sentiment.data import load_labelled
+from weibo_sentiment.emoticons import strip_emoticons
 from weibo_sentiment.evaluation import evaluate
 from weibo_sentiment.inference import Predictor
 from weibo_sentiment.modeling import init_model

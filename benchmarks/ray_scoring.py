@@ -5,7 +5,7 @@
 Builds (once, under --work, never in the repository) a tiny random-weight base with the real vocabulary and an
 adapter trained on examples/weibo_sample.csv for 20 steps, and --rows rows of the real Weibo texts of
 ../shared/data/weibo_senti_100k/test.csv, as one CSV and as 4 CSV shards. Each engine runs once in a subprocess
-of its own (the torch backend): the single-process path as `streaming.predict_file` (model load excluded), and
+of its own (the torch backend): the single-process path as `streaming.run.predict_file` (model load excluded), and
 the Ray path as `cluster.score_files` end to end (Ray start, actors loading the model, writing Parquet
 included; also reported without the Ray start). Writes benchmarks/results/ray.json with the CPU's name. The
 machine may be shared, so the figures are rough.
@@ -29,8 +29,8 @@ from workbench import child_arguments, tiny_adapter, weibo_rows, write_csv  # no
 
 def child(args: argparse.Namespace) -> None:
     if args.mode == "local":
-        from weibo_sentiment.export import load_predictor
-        from weibo_sentiment.streaming import predict_file
+        from weibo_sentiment.inference import load_predictor
+        from weibo_sentiment.streaming.run import predict_file
 
         predictor = load_predictor([args.adapter], device="cpu")
         out = Path(args.output) / "local.parquet"

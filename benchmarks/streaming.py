@@ -8,8 +8,8 @@ of ../shared/data/weibo_senti_100k/test.csv. Each measurement runs in a subproce
 peak RSS (resource.getrusage ru_maxrss) and rows/s (prediction only, the model load excluded):
 
 - memory-10k: the in-memory path (`read_texts` + `predict` + `write_table`, what `predict --input -` does);
-- stream-10k: `streaming.predict_file` on the same 10,000 rows;
-- stream-big: `streaming.predict_file` on --rows rows.
+- stream-10k: `streaming.run.predict_file` on the same 10,000 rows;
+- stream-big: `streaming.run.predict_file` on --rows rows.
 
 Writes benchmarks/results/streaming.json with the CPU's name.
 """
@@ -32,7 +32,7 @@ from workbench import child_arguments, cli, tiny_adapter, weibo_rows, write_csv 
 
 
 def child(args: argparse.Namespace) -> None:
-    from weibo_sentiment.export import load_predictor
+    from weibo_sentiment.inference import load_predictor
 
     if args.backend == "torch":
         predictor = load_predictor([args.adapter])
@@ -44,14 +44,14 @@ def child(args: argparse.Namespace) -> None:
     if args.mode == "memory":
         from weibo_sentiment.data import read_texts
         from weibo_sentiment.output import write_table
-        from weibo_sentiment.streaming import output_row
+        from weibo_sentiment.streaming.rows import output_row
 
         texts, _ = read_texts(args.input)
         preds = predictor.predict(texts, batch_size=32)
         write_table((output_row(p, None) for p in preds), output)
         rows = len(preds)
     else:
-        from weibo_sentiment.streaming import predict_file
+        from weibo_sentiment.streaming.run import predict_file
 
         rows = predict_file(predictor, args.input, output, progress=False).rows
     seconds = time.perf_counter() - start

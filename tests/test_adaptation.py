@@ -10,7 +10,8 @@ import pytest
 from transformers import TrainerCallback
 
 from tests.conftest import SAMPLE
-from weibo_sentiment.adaptation import AdaptConfig, adapt_base, encode_blocks, pack, split_texts
+from weibo_sentiment.adaptation import AdaptConfig, adapt_base
+from weibo_sentiment.corpus import encode_blocks, pack, split_texts
 from weibo_sentiment.errors import UserError
 from weibo_sentiment.inference import Predictor
 from weibo_sentiment.modeling import load_tokenizer

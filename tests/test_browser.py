@@ -18,6 +18,8 @@ from weibo_sentiment.serve import create_app
 from .serving_helpers import running
 from .test_serve import flipped_copy
 
+pytestmark = pytest.mark.browser
+
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--disable-dev-shm-usage", "--window-size=900,800", "--remote-debugging-address=127.0.0.1",

@@ -180,7 +180,9 @@ def test_merged_model_in_a_plain_pipeline_is_calibrated(hot, tmp_path, calibrate
 
 
 def test_onnx_export_records_and_applies_the_temperature(hot, tmp_path, raw_logits, calibrated):
-    from weibo_sentiment.export import OnnxPredictor, export_onnx, read_export
+    from weibo_sentiment.exporters.onnx import export_onnx
+    from weibo_sentiment.inference import OnnxPredictor
+    from weibo_sentiment.inference.onnx_predictor import read_export
 
     out = export_onnx(hot, tmp_path / "onnx")
     assert read_export(out)["temperature"] == HOT

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from weibo_sentiment.data import load_labelled, read_texts, stratified_split, strip_emoticons
+from weibo_sentiment.data import load_labelled, read_texts, stratified_split
+from weibo_sentiment.emoticons import strip_emoticons
 from weibo_sentiment.errors import UserError
 
 from .conftest import run_subprocess, write

@@ -7,7 +7,8 @@ from peft import get_peft_model
 from transformers.activations import GELUTanh
 
 from weibo_sentiment.modeling import load_classifier
-from weibo_sentiment.training import IntegerDropout, TrainConfig, fast_activations, fast_dropout, lora_config
+from weibo_sentiment.speedups import IntegerDropout, fast_activations, fast_dropout
+from weibo_sentiment.training import TrainConfig, lora_config
 
 
 def test_integer_dropout_is_dropout():

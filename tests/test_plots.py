@@ -177,7 +177,8 @@ def test_evaluate_plot_refuses_foreign_file(cli, sample_adapter, tmp_path, conte
 
 # ---- --report-to --------------------------------------------------------------------------------------------
 def test_report_to_values(monkeypatch):
-    from weibo_sentiment.training import TrainConfig, report_to
+    from weibo_sentiment.recipe import report_to
+    from weibo_sentiment.training import TrainConfig
 
     assert report_to(TrainConfig()) == []
     assert report_to(TrainConfig(report_to=["none"])) == []

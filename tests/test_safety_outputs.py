@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from weibo_sentiment.errors import UserError
-from weibo_sentiment.export import export_onnx, quantize_export
+from weibo_sentiment.exporters.onnx import export_onnx, quantize_export
 from weibo_sentiment.modeling import init_model, resolve_base_model
 from weibo_sentiment.output import SOURCE_FILE, check_output_dir
 

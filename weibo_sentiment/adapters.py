@@ -14,12 +14,12 @@ import torch
 from safetensors import safe_open
 
 from .adapter_io import SAVE_DTYPES, WEIGHTS_FILE, package_versions, read_run
+from .adapter_store import save_adapter
 from .errors import UserError
 from .inference import Predictor, parse_adapter_specs
 from .model_card import merged_card, write_card
 from .modeling import DEFAULT_MODEL_DIR, save_tokenizer
 from .output import RUN_FILE, atomic_dir, base_inputs, check_output_dir, write_marker
-from .training import save_adapter
 
 logger = logging.getLogger(__name__)
 

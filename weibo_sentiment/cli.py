@@ -224,7 +224,7 @@ def _check_min_confidence(value: float | None) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .export import load_predictor
+    from .inference import load_predictor
 
     _check_min_confidence(args.min_confidence)  # before loading the model
     if args.engine == "ray":
@@ -251,7 +251,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import export_onnx
+    from .exporters.onnx import export_onnx
 
     if args.int8_fp32_blocks is not None and not args.int8:
         raise UserError("--int8-fp32-blocks applies to --int8 exports only")
@@ -296,7 +296,7 @@ def _predict_ray(args: argparse.Namespace) -> int:
 
 def _stream_file(predictor, args: argparse.Namespace) -> int:
     """`--input FILE`: read, predict and write a chunk at a time (weibo_sentiment.streaming)."""
-    from .streaming import predict_file
+    from .streaming.run import predict_file
 
     result = predict_file(predictor, args.input, args.output, text_column=args.text_column, encoding=args.encoding,
                           id_column=args.id_column, keep_columns=args.keep_columns, fmt=args.format,
@@ -312,7 +312,7 @@ def _stream_file(predictor, args: argparse.Namespace) -> int:
 def _predict_file(predictor, args: argparse.Namespace) -> int:
     from .data import read_texts
     from .output import write_table
-    from .streaming import output_row
+    from .streaming.rows import output_row
 
     texts, extras = read_texts(args.input, text_column=args.text_column, encoding=args.encoding,
                                extra_columns=("adapter",))

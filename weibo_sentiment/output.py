@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO, NamedTuple
 
 from .errors import UserError
+from .tables import file_format
 
 # ---- what is ours: result files ------------------------------------------------------------------------
 # What an output of each kind starts with: enough to recognise our own earlier result.
@@ -316,8 +317,8 @@ def write_table(rows: Iterable[dict], path: str | Path | None, fmt: str | None =
     if path is None or str(path) == "-":
         write_rows(rows, sys.stdout, fmt or "jsonl")
         return
-    suffix = Path(path).suffix.lower().lstrip(".")
-    fmt = fmt or {"csv": "csv", "jsonl": "jsonl", "json": "jsonl"}.get(suffix)
+    found = file_format(Path(path))
+    fmt = fmt or (found if found in ("csv", "jsonl") else None)
     if fmt is None:
         raise UserError(f"{path}: unknown output type (use a .csv or .jsonl file name)")
     with atomic_open(path, kind="predictions", inputs=inputs) as f:

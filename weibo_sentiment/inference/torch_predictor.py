@@ -1,106 +1,25 @@
-"""Prediction with one base model and any number of LoRA adapters, each with its own classifier head.
-
-Texts are sorted by length and padded per batch, so a batch costs what its texts cost; results come
-back in input order.
-"""
+"""The torch backend: one base model and any number of LoRA adapters, each with its own classifier head."""
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 from peft import PeftModel
 from safetensors import safe_open
-from tqdm.auto import tqdm
 
-from .adapter_io import WEIGHTS_FILE, base_fingerprint, read_run
-from .calibration import softmax
-from .errors import UserError
-from .modeling import DEFAULT_MODEL_DIR, load_classifier, load_tokenizer, resolve_base_model
+from ..adapter_io import WEIGHTS_FILE, base_fingerprint, read_run
+from ..calibration import softmax
+from ..errors import UserError
+from ..modeling import DEFAULT_MODEL_DIR, load_classifier, load_tokenizer, resolve_base_model
+from .predictor import AdapterInfo, BasePredictor, Prediction, build_predictions, check_temperature, parse_adapter_specs
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class Prediction:
-    text: str
-    label: int
-    label_name: str
-    confidence: float
-    probabilities: dict[str, float]
-    adapter: str | None = None
-
-    def as_row(self) -> dict:
-        row = {"text": self.text, "label": self.label, "label_name": self.label_name,
-               "confidence": round(self.confidence, 6)}
-        row.update({f"prob_{name}": round(p, 6) for name, p in self.probabilities.items()})
-        return row
-
-
-@dataclass
-class AdapterInfo:
-    name: str
-    path: Path
-    run: dict = field(repr=False)
-
-    @property
-    def label_names(self) -> list[str]:
-        return list(self.run["label_names"])
-
-    @property
-    def max_length(self) -> int:
-        return int(self.run.get("max_length", 128))
-
-    @property
-    def temperature(self) -> float:
-        """The temperature fitted on the validation split (run.json `temperature`); 1.0 for adapters written
-        before calibration existed. Probabilities are softmax(logits / temperature)."""
-        return float(self.run.get("temperature", 1.0))
-
-
-def parse_adapter_specs(specs: Iterable[str | Path]) -> dict[str, Path]:
-    """`NAME=DIR` or a bare `DIR` (named after its folder) → {name: dir}, in the given order.
-
-    A spec that is an existing path is always a bare `DIR`, even with a `=` in it (`runs/lr=5e-4/adapter`).
-    """
-    adapters: dict[str, Path] = {}
-    for spec in specs:
-        spec = str(spec)
-        name, sep, path = spec.partition("=")
-        if not sep or Path(spec).exists():
-            path = spec
-            name = Path(spec.rstrip("/")).name or Path(spec).resolve().name or f"adapter{len(adapters) + 1}"
-        if not name:
-            raise UserError(f"--adapter {spec!r}: the adapter name is empty")
-        if name in adapters:
-            raise UserError(f"--adapter {spec!r}: the name {name!r} is given twice")
-        adapters[name] = Path(path)
-    return adapters
-
-
-def count_truncated(tokenizer, texts: Sequence[str], max_length: int) -> int:
-    """How many of `texts` are longer than `max_length` tokens, so that prediction sees only their start.
-
-    A WordPiece token covers at least one character and [CLS] and [SEP] take two places, so only texts of
-    more than `max_length - 2` characters need tokenizing.
-    """
-    long = [t for t in texts if len(t) + 2 > max_length]
-    if not long:
-        return 0
-    ids = tokenizer(long, truncation=True, max_length=max_length + 1, return_attention_mask=False)["input_ids"]
-    return sum(len(x) > max_length for x in ids)
-
-
-def check_temperature(run: dict, path: Path) -> None:
-    """Refuse a `temperature` in run.json (or export.json) that is not a positive finite number."""
-    t = run.get("temperature", 1.0)
-    if isinstance(t, bool) or not isinstance(t, (int, float)) or not np.isfinite(t) or t <= 0:
-        raise UserError(f"{path}: the temperature {t!r} in its settings is not a positive number")
 
 
 def default_device() -> torch.device:
@@ -123,7 +42,7 @@ def _head_rows(path: Path) -> int:
     raise UserError(f"{path}: the adapter has no classifier head (score.weight)")
 
 
-class Predictor:
+class Predictor(BasePredictor):
     """A base model with named LoRA adapters; thread-safe, so a server may share one.
 
     While only one adapter is loaded, its LoRA weights are merged into the base for prediction (set
@@ -134,8 +53,6 @@ class Predictor:
     def __init__(self, base_dir: Path, device: torch.device | str | None = None, base_model: str | None = None,
                  calibrated: bool = True):
         self.base_dir = Path(base_dir)
-        # Probabilities are softmax(logits / T) with each adapter's fitted temperature T; False gives the raw
-        # softmax(logits). A plain attribute: set it at any time (`--no-calibration`).
         self.calibrated = calibrated
         self.base_model = base_model or str(base_dir)
         self.device = torch.device(device) if device is not None else default_device()
@@ -298,41 +215,7 @@ class Predictor:
             self.model.merge_adapter([self.key(name)])
             self._merged = name
 
-    def _require(self, name: str) -> AdapterInfo:
-        if name not in self.adapters:
-            raise UserError(f"unknown adapter {name!r} (loaded: {', '.join(self.adapters)})")
-        return self.adapters[name]
-
     # ---- prediction ---------------------------------------------------------------------------------
-    def temperature(self, adapter: str | None = None, calibrated: bool | None = None) -> float:
-        """The temperature `adapter`'s probabilities are divided by: its fitted one, or 1 when uncalibrated
-        (`calibrated` None: this predictor's setting)."""
-        info = self._require(adapter or self.default)
-        return info.temperature if (self.calibrated if calibrated is None else calibrated) else 1.0
-
-    def predict_logits(self, texts: Sequence[str], adapter: str | None = None, batch_size: int = 32,
-                       progress: bool = False) -> np.ndarray:
-        """Raw logits (before any temperature), shape (len(texts), number of labels of `adapter`), in input
-        order."""
-        name = adapter or self.default
-        info = self._require(name)
-        return self._run(texts, [name] * len(texts), info.max_length, batch_size, len(info.label_names), progress)
-
-    def predict_proba(self, texts: Sequence[str], adapter: str | None = None, batch_size: int = 32,
-                      progress: bool = False, calibrated: bool | None = None) -> np.ndarray:
-        """Class probabilities, shape (len(texts), number of labels of `adapter`), in input order:
-        softmax(logits / T), T the adapter's temperature when calibrated (`calibrated` None: this predictor's
-        setting), else 1."""
-        temperature = self.temperature(adapter, calibrated)
-        logits = self.predict_logits(texts, adapter, batch_size, progress)
-        return softmax(logits, temperature).astype(np.float32)
-
-    def predict(self, texts: Sequence[str], adapter: str | None = None, batch_size: int = 32,
-                progress: bool = False, calibrated: bool | None = None) -> list[Prediction]:
-        name = adapter or self.default
-        probs = self.predict_proba(texts, name, batch_size, progress, calibrated)
-        return self._to_predictions(texts, probs, self.adapters[name])
-
     def predict_routed(self, texts: Sequence[str], adapters: Sequence[str | None], batch_size: int = 32,
                        progress: bool = False, calibrated: bool | None = None) -> list[Prediction]:
         """Answer each text with its own adapter (None or '' → the default one), in input order.
@@ -342,59 +225,35 @@ class Predictor:
         are grouped apart, since one forward pass cannot return logits of different widths. Each row's
         logits are divided by its own adapter's temperature.
         """
-        if len(adapters) != len(texts):
-            raise UserError(f"{len(texts)} texts but {len(adapters)} adapter names; give one per text")
         with self._lock:
-            names = [a or self.default for a in adapters]
+            names = self.route(texts, adapters)
             groups: dict[tuple[int, int], list[int]] = {}
             for i, name in enumerate(names):
-                if name not in self.adapters:
-                    loaded = ", ".join(self.adapters)
-                    raise UserError(f"row {i + 1}: unknown adapter {name!r} (loaded: {loaded})")
                 info = self.adapters[name]
                 groups.setdefault((len(info.label_names), info.max_length), []).append(i)
             out: list[Prediction | None] = [None] * len(texts)
             for (num_labels, max_length), rows in groups.items():
-                logits = self._run([texts[i] for i in rows], [names[i] for i in rows], max_length, batch_size,
-                                   num_labels, progress)
+                logits = self.batched_logits([texts[i] for i in rows], [names[i] for i in rows], max_length,
+                                             batch_size, num_labels, progress)
                 temperatures = np.array([self.temperature(names[i], calibrated) for i in rows])
                 probs = softmax(logits, temperatures).astype(np.float32)
                 for i, p in zip(rows, probs, strict=True):
-                    out[i] = self._to_predictions([texts[i]], p[None], self.adapters[names[i]])[0]
+                    out[i] = build_predictions([texts[i]], p[None], self.adapters[names[i]])[0]
         return out
 
-    def _to_predictions(self, texts: Sequence[str], probs: np.ndarray, info: AdapterInfo) -> list[Prediction]:
-        names = info.label_names
-        out = []
-        for text, p in zip(texts, probs):
-            k = int(p.argmax())
-            out.append(Prediction(text=text, label=k, label_name=names[k], confidence=float(p[k]),
-                                  probabilities={n: float(v) for n, v in zip(names, p)}, adapter=info.name))
-        return out
-
-    @torch.inference_mode()
-    def _run(self, texts: Sequence[str], adapter_names: list[str], max_length: int, batch_size: int,
-             num_labels: int, progress: bool = False) -> np.ndarray:
-        """Raw logits (float32, input order) of `texts`, each through its adapter in `adapter_names`."""
-        for i, text in enumerate(texts):
-            if not isinstance(text, str) or not text.strip():
-                raise UserError(f"text {i + 1} is empty")
-        ids = self.tokenizer(list(texts), truncation=True, max_length=max_length,
-                             return_attention_mask=False)["input_ids"]
-        order = np.argsort([len(x) for x in ids], kind="stable")
-        out = np.zeros((len(texts), num_labels), dtype=np.float32)
-        with self._lock:
+    @contextmanager
+    def routing(self, adapter_names: Sequence[str]) -> Iterator[bool]:
+        with torch.inference_mode(), self._lock:
             single = len(set(adapter_names)) == 1
             if single:
                 self._select(adapter_names[0])
-            starts = range(0, len(order), batch_size)
-            for start in tqdm(starts, desc="predict", unit="batch", disable=not progress, leave=False):
-                rows = order[start:start + batch_size]
-                batch = self.tokenizer.pad({"input_ids": [ids[i] for i in rows]}, return_tensors="pt")
-                batch = {k: v.to(self.device) for k, v in batch.items()}
-                if not single:
-                    batch["adapter_names"] = [self._keys[adapter_names[i]] for i in rows]
-                out[rows] = self.model(**batch).logits.float().cpu().numpy()
+            yield single
             if single and self.default:
                 self._select(self.default)
-        return out
+
+    def forward(self, ids: list[list[int]], adapter_names: list[str] | None) -> np.ndarray:
+        batch = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt")
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        if adapter_names is not None:
+            batch["adapter_names"] = [self._keys[name] for name in adapter_names]
+        return self.model(**batch).logits.float().cpu().numpy()
