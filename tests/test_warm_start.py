@@ -50,6 +50,11 @@ def test_a_continued_adapter_starts_from_its_parent_and_records_it(sample_adapte
     assert run["base_fingerprint"] == parent_run["base_fingerprint"] and run["lora"] == parent_run["lora"]
     assert run["data"]["replay"]["rows_kept"] == 60 and run["data"]["replay"]["ratio"] == 1.5
     assert run["rows"]["train"] + run["rows"]["validation"] == 100
+    from weibo_sentiment.inference import Predictor
+
+    both = Predictor.from_adapters({"parent": sample_adapter, "child": out}, device="cpu")  # loads as any adapter
+    texts = ["服务态度差", "这部电影太好看了"]
+    torch.testing.assert_close(both.predict_logits(texts, "child"), both.predict_logits(texts, "parent"))
     card = (out / "README.md").read_text(encoding="utf-8")
     assert f"continued from the adapter `{sample_adapter.name}`" in card and "| replay |" in card
 
