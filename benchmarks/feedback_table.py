@@ -149,6 +149,20 @@ def markdown(report: dict) -> str:
         "",
         "One seed per run: differences of a point or less may be within what another seed would give (not measured).",
         "",
+        "## The loop, by hand",
+        "",
+        "```sh",
+        "weibo-sentiment serve --adapter current=adapters/v1 --adapter-root adapters   # the page's \"correct this "
+        "label\" and POST /v1/feedback append to adapters/feedback.jsonl",
+        "weibo-sentiment feedback export --store adapters/feedback.jsonl --output corrections.csv",
+        "weibo-sentiment select --adapter adapters/v1 --input new_posts.csv --n 200 --output to_label.csv   "
+        "# fill in its label column",
+        "weibo-sentiment train --init-adapter adapters/v1 --data corrections.csv --replay train.csv --replay-ratio 1 "
+        "--output adapters/v2",
+        "curl -X POST localhost:8000/v1/adapters -H 'Content-Type: application/json' "
+        "-d '{\"name\": \"current\", \"path\": \"v2\"}'   # hot swap",
+        "```",
+        "",
     ])
 
 
@@ -171,8 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shared", default=os.environ.get("WEIBO_SHARED", str(ROOT.parent / "shared")),
                         help="the shared data and models directory (default: ../shared or $WEIBO_SHARED)")
-    parser.add_argument("--adapter", type=Path, required=True, help="the parent adapter (README recipe)")
-    parser.add_argument("--replay", type=Path, required=True, help="the parent's training data (train20000.csv)")
+    parser.add_argument("--adapter", type=Path, help="the parent adapter (README recipe)")
+    parser.add_argument("--replay", type=Path, help="the parent's training data (train20000.csv)")
     parser.add_argument("--work", help="where the labelled posts and the adapters go (default: a temporary dir)")
     parser.add_argument("--pool", type=int, default=20_000, help="unlabelled posts to select from")
     parser.add_argument("--n", type=int, default=500, help="posts labelled per strategy")
@@ -187,7 +201,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", default=str(ROOT / "docs" / "feedback.md"),
                         help="Markdown table; the JSON goes beside it (default: docs/feedback.md)")
+    parser.add_argument("--markdown-only", action="store_true",
+                        help="train nothing: rewrite the Markdown from the JSON beside --output")
     args = parser.parse_args(argv)
+    out = Path(args.output)
+    if args.markdown_only:
+        out.write_text(markdown(json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))), encoding="utf-8")
+        return 0
+    if not (args.adapter and args.replay):
+        parser.error("--adapter and --replay are required (except with --markdown-only)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     data_dir = Path(args.shared) / "data" / "weibo_senti_100k"
@@ -212,7 +234,6 @@ def main(argv: list[str] | None = None) -> int:
         report["runs"] += [run_one(labelled, r, p, args, test, work)
                            for r in args.replay_ratios for p in args.emoticon_dropouts]
     report["verdict"] = verdict(report)
-    out = Path(args.output)
     out.with_suffix(".json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     out.write_text(markdown(report), encoding="utf-8")
     print(markdown(report))
