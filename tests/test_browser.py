@@ -222,3 +222,35 @@ def test_explanations_highlight_spans_readable_without_colour(page, site, tmp_pa
     page.send("Emulation.clearDeviceMetricsOverride")
     (tmp_path / "explained.png").write_bytes(base64.b64decode(shot))
     assert (tmp_path / "explained.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_label_is_corrected_from_the_page(page, sample_adapter, tmp_path):
+    """"Correct this label" posts to /v1/feedback as the page's own origin; the store gets the correction."""
+    from weibo_sentiment.feedback import FeedbackStore
+
+    store = tmp_path / "feedback.jsonl"
+    predictor = Predictor.from_adapters({"sample": sample_adapter}, device="cpu")
+    for feedback in (store, None):
+        with running(create_app(predictor, feedback=feedback)) as url:
+            page.send("Page.navigate", url=url + "/")
+            page.wait_for("document.querySelectorAll('#adapter option').length === 1", "the adapter list")
+            page.type_into("#texts", POSTS[0])
+            page.click("#submit")
+            page.wait_for("document.querySelectorAll('#results .result').length === 1", "the result")
+            assert page.eval("document.querySelector('.fix select').hidden")
+            page.click(".fix .toggle")
+            predicted = page.eval("document.querySelector('.result').dataset.label")
+            chosen = page.eval("document.querySelector('.fix select').value")
+            assert chosen != predicted  # the other label is offered first
+            page.click(".fix button:nth-of-type(2)")
+            status = page.wait_for("document.querySelector('.fix .status.ok, .fix .status.bad')?.textContent",
+                                   "the correction's answer")
+            if feedback is not None:
+                names = {"positive": "积极 Positive", "negative": "消极 Negative"}
+                assert status == "✓ 已记录 / Saved: " + names[chosen]
+                stored = [(c.text, c.predicted_label, c.corrected_label) for c in FeedbackStore(store).read()]
+                assert stored == [(POSTS[0], predicted, chosen)]
+            else:
+                assert status == ("未记录 / Not saved: feedback is off: start the server with --feedback FILE or "
+                                  "--adapter-root DIR")
+    assert len(FeedbackStore(store).read()) == 1  # the refused one went nowhere

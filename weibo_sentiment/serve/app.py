@@ -23,7 +23,9 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
 from ..errors import UserError
+from ..feedback import MAX_STORE_BYTES, FeedbackStore
 from .batcher import BATCH_WAIT_MS, MAX_BATCH_TEXTS, MAX_QUEUE, ClientGone, MicroBatcher, answer_unless_gone
+from .feedback_route import add_feedback_route, feedback_store
 from .guard import NOT_JSON, Guard, body_too_large, default_max_body_bytes, is_json, resolve_adapter_path
 from .schemas import (
     ADAPTER_NAME,
@@ -64,6 +66,8 @@ class AppSettings:
     batch_size: int = 32  # texts per model call
     max_queue: int = MAX_QUEUE  # texts waiting for the model; beyond it requests get 503 + Retry-After
     allowed_hosts: Sequence[str] | None = None  # Host header values accepted (None: any)
+    feedback: str | Path | None = None  # the feedback store (default: feedback.jsonl in the adapter root)
+    feedback_max_bytes: int = MAX_STORE_BYTES  # beyond it /v1/feedback answers 507
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,7 @@ class Service:
     max_texts: int
     max_chars: int
     max_body_bytes: int
+    feedback: FeedbackStore | None = None  # the store /v1/feedback appends to; None: feedback is off
 
 
 def create_app(predictor, settings: AppSettings | None = None, **options) -> FastAPI:
@@ -102,6 +107,7 @@ def create_app(predictor, settings: AppSettings | None = None, **options) -> Fas
     add_predict_route(app, service)
     add_adapter_routes(app, service)
     add_default_route(app, service)
+    add_feedback_route(app, predictor, batcher, service.feedback, service.max_chars)
     app.add_middleware(Guard, api_key=settings.api_key, allowed_hosts=settings.allowed_hosts,
                        max_body_bytes=service.max_body_bytes, routes=app.router.routes)
     app.openapi = openapi_with_limits(app, service.max_texts, service.max_chars)
@@ -126,7 +132,8 @@ def build_service(predictor, settings: AppSettings) -> Service:
         max_body_bytes = default_max_body_bytes(max_texts, max_chars)
     batcher = MicroBatcher(predictor, wait_ms=settings.batch_wait_ms, batch_size=settings.batch_size,
                            max_batch_texts=max(MAX_BATCH_TEXTS, max_texts), max_queue=settings.max_queue)
-    return Service(predictor, batcher, root, max_texts, max_chars, max_body_bytes)
+    return Service(predictor, batcher, root, max_texts, max_chars, max_body_bytes,
+                   feedback_store(settings.feedback, root, settings.feedback_max_bytes))
 
 
 # ---- errors: every one answered as {"error": message} -----------------------------------------------------
@@ -347,13 +354,14 @@ def add_default_route(app: FastAPI, service: Service) -> None:
 
 
 def openapi_with_limits(app: FastAPI, max_texts: int, max_chars: int) -> Callable[[], dict]:
-    """`app.openapi` with this server's maxima added to PredictRequest.texts."""
+    """`app.openapi` with this server's maxima added to PredictRequest.texts and FeedbackRequest.text."""
     def openapi() -> dict:
         if app.openapi_schema is None:
             schema = type(app).openapi(app)  # FastAPI's own, which caches it in app.openapi_schema
             texts = schema["components"]["schemas"]["PredictRequest"]["properties"]["texts"]
             texts["maxItems"] = max_texts
             texts["items"]["maxLength"] = max_chars
+            schema["components"]["schemas"]["FeedbackRequest"]["properties"]["text"]["maxLength"] = max_chars
         return app.openapi_schema
 
     return openapi

@@ -108,3 +108,19 @@ class HealthOut(BaseModel):
     dropped_requests: int = Field(description="requests dropped unanswered because their client went away")
     dropped_texts: int
     model_calls: int
+
+
+class FeedbackRequest(Strict):
+    text: Text = Field(description="the post, as it was classified")
+    adapter: str | None = Field(None, description="the adapter that classified it (default: the server's default)")
+    revision: int | None = Field(None, ge=1, description="the adapter revision that answered (default: the current)")
+    predicted_label: str = Field(description="the label name the adapter gave")
+    corrected_label: str = Field(description="the right label name, one of the adapter's labels")
+
+
+class FeedbackOut(BaseModel):
+    adapter: str
+    revision: int
+    predicted_label: str
+    corrected_label: str
+    time: str = Field(description="when it was stored (ISO 8601, UTC)")
