@@ -3,8 +3,10 @@
 `predict_dataset(ds, adapters=[...])` turns a Ray Dataset holding a text column into one of predictions (for
 users who already hold a Dataset); `score_files(input, output, ...)` reads CSV/TSV, JSONL or Parquet shards (a
 file, a directory or a glob), scores them and writes Parquet (or CSV/JSONL) shards into the output directory
-(`weibo-sentiment predict --engine ray`). Each actor loads the model once (`inference.load_predictor`: torch over
-adapters, or an ONNX export) and uses `cpus_per_worker` torch threads. Ray is an optional extra
+(`weibo-sentiment predict --engine ray`). The shards are read and written as the local engine reads and writes
+a file (`shards`), and the rows the driver finds written are checked against the rows the workers wrote. Each
+actor loads the model once (`inference.load_predictor`: torch over adapters, or an ONNX export) and uses
+`cpus_per_worker` torch threads. Ray is an optional extra
 (`pip install 'weibo-sentiment[cluster]'`), imported only here, inside the functions.
 """
 
@@ -13,13 +15,16 @@ from __future__ import annotations
 import glob
 import logging
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
+from .data import DEFAULT_TEXT_COLUMN, clean_text
 from .errors import UserError
-from .output import SCORES_FILE, atomic_dir, check_output_dir, write_marker
+from .output import atomic_dir, check_output_dir, write_marker
 from .streaming.rows import output_columns, output_row
-from .tables import DELIMITED_FORMATS, ROUTING_COLUMN, codec, delimiter, file_format, output_format
+from .tables import DELIMITED_FORMATS, ROUTING_COLUMN, codec, file_format, output_format
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +41,13 @@ def _ray():
     return ray
 
 
+PREDICTION_TYPES = {"text": "string", "label": "int64", "label_name": "string", "confidence": "float64",
+                    "uncertain": "bool", ROUTING_COLUMN: "string"}  # prob_<label>: float64
+
+
 class _Scorer:
-    """The actor: loads the predictor once, then predicts pandas batches."""
+    """The actor: loads the predictor once, then predicts arrow batches (arrow, so that an id column passes
+    through as it came: integers with nulls stay integers, text stays text)."""
 
     def __init__(self, adapters, model, backend, base_model, model_dir, use, calibrated, threads, device,
                  allow_other_base, text_column, id_column, min_confidence, model_batch_size):
@@ -54,18 +64,26 @@ class _Scorer:
         self.text_column, self.id_column = text_column, id_column
         self.min_confidence, self.model_batch_size = min_confidence, model_batch_size
 
-    def __call__(self, batch):
-        import pandas as pd
-
+    def _texts(self, batch) -> list[str]:
+        """The batch's texts, cleaned as the local engine cleans them; a missing, empty or non-text one is an
+        error naming the row by its id."""
         texts = []
-        for i, t in enumerate(batch[self.text_column].tolist()):
-            if t is None or (isinstance(t, float) and t != t) or not str(t).strip():
-                where = f"id {batch[self.id_column].iloc[i]!r}" if self.id_column else "a row"
-                raise UserError(f"{where}: empty text in column {self.text_column!r}")
-            texts.append(str(t))
-        routing = ROUTING_COLUMN in batch.columns
+        for i, value in enumerate(batch.column(self.text_column).to_pylist()):
+            text = clean_text(value) if isinstance(value, str) else ""
+            if not text:
+                where = f"id {batch.column(self.id_column)[i].as_py()!r}" if self.id_column else "a row"
+                problem = "empty text" if value is None or isinstance(value, str) else "a value that is not text"
+                raise UserError(f"{where}: {problem} in column {self.text_column!r}")
+            texts.append(text)
+        return texts
+
+    def __call__(self, batch):
+        import pyarrow as pa
+
+        texts = self._texts(batch)
+        routing = ROUTING_COLUMN in batch.column_names
         if routing:
-            names = [n if isinstance(n, str) and n else None for n in batch[ROUTING_COLUMN].tolist()]
+            names = [n if isinstance(n, str) and n else None for n in batch.column(ROUTING_COLUMN).to_pylist()]
             for n in names:
                 if n is not None and n not in self.predictor.adapters:
                     raise UserError(f"unknown adapter {n!r} in the {ROUTING_COLUMN!r} column "
@@ -74,37 +92,43 @@ class _Scorer:
         else:
             preds = self.predictor.predict(texts, batch_size=self.model_batch_size)
         columns = output_columns(self.predictor, routing, self.id_column, self.min_confidence)
-        ids = batch[self.id_column].tolist() if self.id_column else None
-        rows = []
-        for i, p in enumerate(preds):
-            row = {self.id_column: ids[i]} if ids is not None else {}
-            if routing:
+        if self.id_column and columns.count(self.id_column) > 1:
+            raise UserError(f"--id-column {self.id_column}: the predictions have a column of that name; the id "
+                            "needs a column of its own")
+        rows = [output_row(p, self.min_confidence) for p in preds]
+        if routing:
+            for row, p in zip(rows, preds):
                 row[ROUTING_COLUMN] = p.adapter
-            row.update(output_row(p, self.min_confidence))
-            rows.append([row.get(c) for c in columns])
-        return pd.DataFrame(rows, columns=columns)
+        data = {self.id_column: batch.column(self.id_column)} if self.id_column else {}
+        for c in columns[len(data):]:
+            data[c] = pa.array([row.get(c) for row in rows], PREDICTION_TYPES.get(c, "float64"))
+        return pa.table(data)
 
 
 def predict_dataset(ds, adapters: Sequence[str | Path] | None = None, *, model: str | Path | None = None,
                     backend: str = "torch", workers: int = 2, cpus_per_worker: float = 1, gpus_per_worker: float = 0,
-                    batch_size: int = DEFAULT_BATCH_ROWS, model_batch_size: int = 32, text_column: str = "review",
-                    id_column: str | None = None, calibrated: bool = True, min_confidence: float | None = None,
-                    use: str | None = None, base_model: str | Path | None = None,
+                    batch_size: int | None = DEFAULT_BATCH_ROWS, model_batch_size: int = 32,
+                    text_column: str = DEFAULT_TEXT_COLUMN, id_column: str | None = None, calibrated: bool = True,
+                    min_confidence: float | None = None, use: str | None = None, base_model: str | Path | None = None,
                     model_dir: str | Path = "models/gpt2-chinese", allow_other_base: bool = False):
     """A Ray Dataset of predictions for `ds` (lazy; consume or write it as any Dataset).
 
     Rows come back with `id_column` (if given), `adapter` (when `ds` has that routing column: each row is
     answered by the adapter it names, blank for the default), text, label, label_name, confidence, `uncertain`
     (with `min_confidence`) and one prob_<label> column per label. `workers` actors each load the model once;
-    `batch_size` rows go to an actor per call, `model_batch_size` texts per forward pass."""
+    `batch_size` rows go to an actor per call (None: each block of `ds` as it is, never two blocks merged, so
+    that no column's type is promoted to fit another block's), `model_batch_size` texts per forward pass."""
     ray = _ray()
     if workers < 1:
         raise UserError(f"--workers {workers}: must be at least 1")
-    if cpus_per_worker <= 0 or gpus_per_worker < 0 or batch_size < 1:
+    if cpus_per_worker <= 0 or gpus_per_worker < 0 or (batch_size is not None and batch_size < 1):
         raise UserError("--cpus-per-worker must be positive, --gpus-per-worker not negative, --batch-size positive")
     if min_confidence is not None and not 0 < min_confidence < 1:
         raise UserError(f"--min-confidence {min_confidence:g}: must be between 0 and 1 (exclusive)")
-    columns = ds.schema().names
+    schema = ds.schema()
+    if schema is None:
+        raise UserError("the input has no rows to score")
+    columns = schema.names
     for column, option in ((text_column, "--text-column"), (id_column, "--id-column")):
         if column is not None and column not in columns:
             raise UserError(f"no column {column!r} in the input (columns: {', '.join(columns)}); set {option}")
@@ -113,7 +137,7 @@ def predict_dataset(ds, adapters: Sequence[str | Path] | None = None, *, model: 
     device = "cuda" if gpus_per_worker > 0 else "cpu"
     wanted = [c for c in (id_column, text_column, ROUTING_COLUMN) if c is not None and c in columns]
     return ds.select_columns(list(dict.fromkeys(wanted))).map_batches(
-        _Scorer, batch_size=batch_size, batch_format="pandas",
+        _Scorer, batch_size=batch_size, batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=workers),
         fn_constructor_args=(adapters, model, backend, base_model and str(base_model), str(model_dir), use,
                              calibrated, max(1, int(cpus_per_worker)), device, allow_other_base, text_column,
@@ -147,38 +171,49 @@ def _input_kind(path: Path) -> str:
     return "csv" if kind in DELIMITED_FORMATS else kind
 
 
-def _read(ray, files: list[Path], blocks: int, encoding: str):
-    kind = _input_kind(files[0])
+def _read(ray, files: list[Path], blocks: int, encoding: str, text_column: str, id_column: str | None,
+          block_rows: int):
+    """The input shards as a Dataset: Parquet through Ray's reader (Arrow keeps every column's type), CSV/TSV
+    and JSONL through the local engine's reader (`shards.SourceFiles`)."""
     paths = [str(p.resolve()) for p in files]
-    if kind == "parquet":
+    if _input_kind(files[0]) == "parquet":
         return ray.data.read_parquet(paths, override_num_blocks=blocks)
-    if kind == "jsonl":
-        return ray.data.read_json(paths, lines=True, override_num_blocks=blocks)
-    import pyarrow.csv as pacsv
+    from .shards import SourceFiles
 
-    # UTF-8 (with or without a byte-order mark) is pyarrow's own; only other encodings need transcoding
-    read = pacsv.ReadOptions() if codec(encoding) == "utf-8-sig" else pacsv.ReadOptions(encoding=encoding)
-    return ray.data.read_csv(paths, override_num_blocks=blocks, read_options=read,
-                             parse_options=pacsv.ParseOptions(delimiter=delimiter(files[0]), newlines_in_values=True),
-                             convert_options=pacsv.ConvertOptions(strings_can_be_null=False))
+    codec(encoding)  # an unknown encoding is an error here, before any worker starts
+    return ray.data.read_datasource(SourceFiles(paths, text_column=text_column, id_column=id_column,
+                                                encoding=encoding, block_rows=block_rows),
+                                    override_num_blocks=blocks)
 
 
 def _user_error(exc: BaseException) -> UserError | None:
-    """The UserError an actor raised, found in the chain Ray wraps it in."""
-    seen = set()
+    """The error to show for `exc`, in one line: the UserError a worker raised, found in the chain Ray wraps it
+    in (Ray appends its retry notes to the message), or what Arrow said of a table it could not read."""
+    import pyarrow as pa
+
+    seen, chain = set(), []
     stack = [exc]
     while stack:
         e = stack.pop()
         if e is None or id(e) in seen:
             continue
         seen.add(id(e))
-        if isinstance(e, UserError):
-            return e
-        stack += [e.__cause__, e.__context__, getattr(e, "cause", None)]
+        chain.append(e)
+        cause = getattr(e, "cause", None)  # a RayTaskError(UserError) is a UserError too, with a traceback as text
+        if isinstance(e, UserError) and not isinstance(cause, BaseException):
+            return UserError(str(e).split("\n", 1)[0])
+        stack += [e.__cause__, e.__context__, cause]
     text = str(exc)
     marker = "UserError: "
     if marker in text:
         return UserError(text.rsplit(marker, 1)[1].strip().splitlines()[0])
+    for e in chain:
+        if (merge := re.search(r"Unable to merge: [^\n]*", str(e))) is not None:  # shards of different schemas
+            return UserError(f"the input's shards disagree on a column's type ({merge.group(0)}); --engine ray "
+                             "needs one type per column")
+    for e in chain:
+        if isinstance(e, pa.ArrowException) or type(e).__name__ == "ArrowConversionError":
+            return UserError(f"Arrow could not read or write the data: {str(e).strip().splitlines()[0]}")
     return None
 
 
@@ -209,41 +244,61 @@ def score_files(input: str | Path, output: str | Path, adapters: Sequence[str | 
     try:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = not quiet
-        workers = options.get("workers", 2)
-        ds = _read(ray, files, max(len(files), 4 * workers), encoding)
-        scored = predict_dataset(ds, adapters, **options)
-        with atomic_dir(output, kind="ray-output", inputs=inputs) as tmp:
-            shards = tmp / "shards"
-            try:
-                {"parquet": scored.write_parquet, "csv": scored.write_csv, "jsonl": scored.write_json}[fmt](
-                    str(shards))
-            except UserError:
-                raise
-            except Exception as exc:  # an actor's UserError arrives wrapped by Ray
-                if (err := _user_error(exc)) is not None:
-                    raise err from None
-                raise
-            for f in shards.iterdir() if shards.exists() else []:
-                f.rename(tmp / f.name)
-            if shards.exists():
-                shards.rmdir()
-            rows = _count_rows(tmp, fmt)
-            marker = {"rows": rows, "format": fmt, "inputs": [str(p) for p in files],
-                      "adapters": [str(a) for a in adapters or []], "model": options.get("model") and
-                      str(options["model"]), "id_column": options.get("id_column")}
-            write_marker(tmp, "ray-output", marker)
-        return marker
+        with _console_logs(quiet):
+            return _score(ray, files, output, adapters, fmt, encoding, inputs, options)
     finally:
         if started:
             ray.shutdown()
 
 
-def _count_rows(directory: Path, fmt: str) -> int:
-    import pyarrow.dataset as pads
+@contextmanager
+def _console_logs(quiet: bool) -> Iterator[None]:
+    """Ray Data's console log, less its error reports (a failed task's traceback, logged before the error is
+    raised: the error is said once, in one line; the traceback stays in Ray's session log files), and with
+    `quiet` less its progress lines."""
+    def shown(record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR and (record.levelno >= logging.WARNING or not quiet)
 
-    files = [str(p) for p in sorted(directory.iterdir()) if p.is_file() and p.name != SCORES_FILE]
-    if not files:
-        return 0
-    if fmt == "jsonl":
-        return sum(sum(1 for line in open(f, encoding="utf-8") if line.strip()) for f in files)
-    return pads.dataset(files, format=fmt).count_rows()
+    consoles = [h for h in logging.getLogger("ray.data").handlers if isinstance(h, logging.StreamHandler)]
+    for handler in consoles:
+        handler.addFilter(shown)
+    try:
+        yield
+    finally:
+        for handler in consoles:
+            handler.removeFilter(shown)
+
+
+def _score(ray, files: list[Path], output: Path, adapters, fmt: str, encoding: str, inputs, options: dict) -> dict:
+    """Read, score and write `files` into `output`; the marker written with the shards."""
+    if options.get("batch_size", DEFAULT_BATCH_ROWS) < 1:
+        raise UserError(f"--chunk-size {options['batch_size']}: must be at least 1")
+    with atomic_dir(output, kind="ray-output", inputs=inputs) as tmp:
+        try:
+            rows = _score_into(ray, files, tmp, fmt, output, adapters, encoding, options)
+        except UserError as exc:
+            raise _user_error(exc) or exc from None
+        except Exception as exc:  # a worker's UserError arrives wrapped by Ray
+            if (err := _user_error(exc)) is not None:
+                raise err from None
+            raise
+        marker = {"rows": rows, "format": fmt, "inputs": [str(p) for p in files],
+                  "adapters": [str(a) for a in adapters or []], "model": options.get("model") and
+                  str(options["model"]), "id_column": options.get("id_column")}
+        write_marker(tmp, "ray-output", marker)
+    return marker
+
+
+def _score_into(ray, files: list[Path], directory: Path, fmt: str, output: Path, adapters, encoding: str,
+                options: dict) -> int:
+    """Score `files` into shard files in `directory`; the rows written, once the driver has found every one."""
+    from .shards import ShardSink, check_written
+
+    batch_rows = options.get("batch_size", DEFAULT_BATCH_ROWS)
+    ds = _read(ray, files, max(len(files), 4 * options.get("workers", 2)), encoding,
+               options.get("text_column", DEFAULT_TEXT_COLUMN), options.get("id_column"), batch_rows)
+    if _input_kind(files[0]) != "parquet":  # read in blocks of batch_rows: one block a call, never two merged
+        options = {**options, "batch_size": None}  # (Ray would promote an integer id column to fit a decimal one)
+    sink = ShardSink(directory, fmt)
+    predict_dataset(ds, adapters, **options).write_datasink(sink)
+    return check_written(directory, fmt, sink, output)
