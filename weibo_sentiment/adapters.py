@@ -14,6 +14,7 @@ import torch
 from safetensors import safe_open
 
 from .adapter_io import RUN_FILE, SAVE_DTYPES, WEIGHTS_FILE, package_versions, read_run
+from .domains import list_domains
 from .errors import UserError
 from .inference import Predictor, parse_adapter_specs
 from .model_card import merged_card, write_card
@@ -297,6 +298,7 @@ def info(path: str | Path) -> dict:
         "validation_stripped": run.get("validation_stripped"),
         "temperature": run.get("temperature"),
         "combination": run.get("combination"),
+        "domains": list_domains(path),
         "run_file": str(path / RUN_FILE),
     }
 
@@ -337,4 +339,9 @@ def format_info(details: dict) -> str:
     if combination:
         parts = ", ".join(f"{a['name']} ×{a['weight']:g}" for a in combination["adapters"])
         lines.append(f"combined    {combination['method']} of {parts}; head: weighted sum")
+    for i, domain in enumerate(details.get("domains") or ()):
+        counts = ", ".join(f"{n} {name}" for name, n in (domain.get("counts") or {}).items())
+        stale = "" if domain.get("current") else "; fitted with other weights: calibrate again"
+        lines.append(f"{'domains' if i == 0 else '':10}  {domain['name']}: {domain['rows']} labelled rows ({counts}), "
+                     f"temperature {domain['temperature']:.4g}{stale}")
     return "\n".join(lines)

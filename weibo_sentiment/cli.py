@@ -9,6 +9,7 @@ import sys
 import warnings
 
 from .errors import UserError
+from .report_commands import add_domain_option, add_parsers, apply_domain_option, check_domain_option
 
 logger = logging.getLogger("weibo_sentiment")
 
@@ -137,6 +138,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .inference import Predictor
     from .output import check_output_file, write_json
 
+    check_domain_option(args)
     if args.json:  # before any model work: a refused path should not cost a full evaluation
         check_output_file(args.json, "metrics", inputs=[args.data])
     if args.plot:
@@ -144,6 +146,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     predictor = Predictor.from_adapters([args.adapter], base_model=args.base_model, model_dir=args.model_dir,
                                         device=args.device, calibrated=not args.no_calibration,
                                         allow_other_base=args.allow_other_base)
+    apply_domain_option(predictor, args)
     info = predictor.adapters[predictor.default]
     data = load_labelled(args.data, text_column=args.text_column, label_column=args.label_column,
                          encoding=args.encoding, label_names=info.label_names,
@@ -227,6 +230,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .export import load_predictor
 
     _check_min_confidence(args.min_confidence)  # before loading the model
+    check_domain_option(args)
     if args.engine == "ray":
         return _predict_ray(args)
     streamed = {"--id-column": args.id_column, "--keep-columns": args.keep_columns, "--resume": args.resume}
@@ -237,6 +241,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                                calibrated=not args.no_calibration, allow_other_base=args.allow_other_base)
     if args.use:
         predictor.use(args.use)
+    apply_domain_option(predictor, args)
     if args.text:
         preds = predictor.predict(args.text, batch_size=args.batch_size)
         _report_truncated(predictor, preds)
@@ -280,8 +285,8 @@ def _predict_ray(args: argparse.Namespace) -> int:
 
     if not args.input or args.input == "-" or args.text or not args.output:
         raise UserError("--engine ray needs --input (a file, directory or glob of shards) and --output DIR")
-    if args.keep_columns or args.resume:
-        raise UserError("--keep-columns and --resume are for --engine local only")
+    if args.keep_columns or args.resume or args.domain:
+        raise UserError("--keep-columns, --resume and --domain are for --engine local only")
     marker = score_files(args.input, args.output, args.adapter, address=args.address, fmt=args.format,
                          encoding=args.encoding, quiet=args.quiet, model=args.model, backend=args.backend,
                          workers=args.workers, cpus_per_worker=args.cpus_per_worker,
@@ -386,13 +391,14 @@ def interactive(predictor, stdin=None, stdout=None, min_confidence: float | None
 def cmd_serve(args: argparse.Namespace) -> int:
     from .serve import serve
 
+    check_domain_option(args)
     return serve(args.adapter, host=args.host, port=args.port, backend=args.backend, model=args.model,
                  use=args.use, base_model=args.base_model, model_dir=args.model_dir, device=args.device,
                  api_key=args.api_key, adapter_root=args.adapter_root,
                  max_texts=args.max_texts, max_chars=args.max_chars, max_body_bytes=args.max_body_bytes,
                  batch_wait_ms=args.batch_wait_ms, batch_size=args.batch_size, allowed_hosts=args.allow_host,
                  threads=args.threads, max_queue=args.max_queue, calibrated=not args.no_calibration,
-                 allow_other_base=args.allow_other_base)
+                 allow_other_base=args.allow_other_base, domain=args.domain)
 
 
 def cmd_combine(args: argparse.Namespace) -> int:
@@ -541,6 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="remove emoticons before predicting: Weibo ones such as [哈哈] and Unicode emoji (the corpus "
                         "labels come from them)")
     _calibration_args(p)
+    add_domain_option(p)
     _base_args(p, None)
     _data_args(p)
     p.set_defaults(func=cmd_evaluate)
@@ -569,6 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", metavar="EXPORTED_DIR",
                    help="a directory written by `weibo-sentiment export` (instead of --adapter)")
     _calibration_args(p)
+    add_domain_option(p)
     p.add_argument("--min-confidence", type=float, metavar="X",
                    help="mark predictions whose confidence is below X (0 < X < 1) as uncertain: an `uncertain` "
                         "column in files, '(uncertain)' on the console; the label stays the most likely one")
@@ -634,6 +642,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", action="store_true", help="print the details as JSON")
     q.set_defaults(func=cmd_adapters_info)
 
+    add_parsers(sub)  # calibrate, report
+
     p = sub.add_parser("serve", help="HTTP API and web page for one base with many adapters (micro-batched)")
     _adapter_args(p, many=True)
     p.add_argument("--host", default="127.0.0.1",
@@ -662,6 +672,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "minutes for 2048: lower it there, with --max-texts, e.g. both 64; at least --max-texts)")
     p.add_argument("--threads", type=int, help="CPU threads for the model (default: all cores but one)")
     _calibration_args(p)
+    add_domain_option(p)
     p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                    help="extra Host header name to accept when listening on loopback (e.g. behind a proxy)")
     _base_args(p, None)

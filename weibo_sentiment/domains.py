@@ -224,6 +224,11 @@ def calibrate(adapter: str | Path, data: str | Path, name: str, *, text_column: 
     labelled = load_labelled(data, text_column=text_column, label_column=label_column, encoding=encoding,
                              label_names=list(run["label_names"]), text_labels=bool(run.get("text_labels")),
                              deduplicate=False, min_classes=1)
+    present = set(labelled.labels)
+    if len(present) < len(run["label_names"]):  # before the model loads: a correction needs every class
+        missing = [n for i, n in enumerate(run["label_names"]) if i not in present]
+        raise UserError(f"{data}: no rows labelled {', '.join(missing)}: a domain's labelled sample needs rows of "
+                        "every class, or the error rates of the others are unknown")
     predictor = Predictor.from_adapters([str(adapter)], base_model=base_model, model_dir=model_dir,
                                         device=device, allow_other_base=allow_other_base)
     logits = predictor.predict_logits(labelled.texts, batch_size=batch_size, progress=progress)

@@ -34,6 +34,7 @@ from .data import (
     stratified_split,
     strip_emoticons,
 )
+from .domains import validation_domain_extras
 from .errors import UserError
 from .model_card import adapter_card, write_card
 from .modeling import (
@@ -555,8 +556,9 @@ def train(config: TrainConfig, callbacks: list | None = None) -> TrainResult:
     }
 
     def write() -> Path:  # rank 0 alone, once every rank is done with the checkpoints
-        written = save_adapter(model, tokenizer, run, config.output, config.save_dtype,
-                               extras=training_extras(trainer.state.log_history))  # training.png
+        written = save_adapter(model, tokenizer, run, config.output, config.save_dtype,  # training.png, domain
+                               extras=validation_domain_extras(validation.predictions, validation.label_ids,
+                                                               then=training_extras(trainer.state.log_history)))
         release_checkpoint_dir(checkpoints, keep=config.keep_checkpoints)
         return written
 

@@ -49,11 +49,12 @@ def serve(
     threads: int | None = None,
     calibrated: bool = True,
     allow_other_base: bool = False,
+    domain: str | None = None,
     **options,
 ) -> int:
     """Load the adapters and serve them until interrupted. `options` are AppSettings fields; `allowed_hosts`
     here adds Host names to the loopback ones a loopback server accepts. `calibrated=False` serves raw
-    probabilities (`--no-calibration`)."""
+    probabilities (`--no-calibration`); `domain` the temperature of that domain of the default adapter."""
     import uvicorn
 
     settings = AppSettings(**options)
@@ -72,6 +73,10 @@ def serve(
                                    allow_other_base=allow_other_base)
         if use:
             predictor.use(use)
+        if domain:
+            from ..domains import apply_domain
+
+            apply_domain(predictor, domain)
         hosts = [*LOOPBACK_HOSTS, host, *(settings.allowed_hosts or ())] if is_loopback(host) else None
         app = create_app(predictor, settings, api_key=api_key, allowed_hosts=hosts)
         warning = exposure_warning(host, api_key)

@@ -1,7 +1,7 @@
 """Sentiment shares per time bucket and/or group, corrected for the classifier's errors, with intervals.
 
 Input: scored rows (predict's output, with prob_<label> columns) or posts (scored here by the adapter, a block
-at a time). Rows are read a block at a time (report_input.py); only each bucket's posteriors are kept, as
+at a time). Rows are read a block at a time (share_input.py); only each bucket's posteriors are kept, as
 float32, so memory grows with 8 bytes per row and two-label adapter, not with the file. Each bucket's shares
 are then estimated by a quantifier fitted on a domain's labelled sample (domains.py, quantification.py): the
 counted share (classify and count), the corrected share and its interval, and flags.
@@ -10,7 +10,6 @@ counted share (classify and count), the corrected share and its interval, and fl
 from __future__ import annotations
 
 import json
-import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ from .calibration import softmax
 from .domains import DEFAULT_DOMAIN, DEFAULT_DOMAIN_NOTE, Domain, load_domain
 from .errors import UserError
 from .quantification import DEFAULT_BOOTSTRAP, DEFAULT_METHOD, METHODS, Quantifier
-from .report_input import (
+from .share_input import (
     bucket_frequency,
     bucket_starts,
     check_every,
@@ -31,8 +30,6 @@ from .report_input import (
     parse_times,
     read_blocks,
 )
-
-logger = logging.getLogger(__name__)
 
 MIN_BUCKET_POSTS = 50  # below this a bucket is flagged few_posts: its own sampling noise dominates the interval
 SCORED_WITH = ("training", "domain", "raw")  # the temperature predict's prob_ columns were computed with
@@ -51,7 +48,8 @@ class Request:
     group_column: str | None
     text_column: str
     encoding: str
-    scored: bool = False
+    columns: list[str]  # the input's
+    scored: bool = False  # prob_<label> columns (predict's output) rather than posts
     prob_columns: list[str] = field(default_factory=list)
 
 
@@ -98,9 +96,7 @@ def report(data: str | Path, adapter: str | Path = "best_weibo_sentiment_lora", 
                             encoding, scored_with, output, plot, n_bootstrap)
     name = domain or DEFAULT_DOMAIN
     chosen = load_domain(request.adapter, name)
-    note = DEFAULT_DOMAIN_NOTE if name == DEFAULT_DOMAIN else ""
-    if note:
-        logger.warning("note: %s", note)
+    note = DEFAULT_DOMAIN_NOTE if name == DEFAULT_DOMAIN else ""  # in the result's attrs and JSON output
     find_prob_columns(request, chosen)
     quantifier = Quantifier.fit(method, chosen.posteriors(), chosen.labels, n_bootstrap=n_bootstrap, seed=seed)
     if request.scored:
@@ -111,9 +107,9 @@ def report(data: str | Path, adapter: str | Path = "best_weibo_sentiment_lora", 
                                                    allow_other_base))
     frame = bucket_table(buckets, quantifier, request, chosen, confidence)
     frame.attrs.update({"domain": name, "domain_rows": chosen.rows, "domain_counts": chosen.counts,
-                        "method": method, "confidence": confidence, "every": request.every, "label_names": chosen.label_names,
-                        "note": note, "input": str(request.data), "rows": buckets.rows,
-                        "input_kind": "scored rows" if request.scored else "posts"})
+                        "method": method, "confidence": confidence, "every": request.every,
+                        "label_names": chosen.label_names, "note": note, "input": str(request.data),
+                        "rows": buckets.rows, "input_kind": "scored rows" if request.scored else "posts"})
     if output is not None:
         write_report(frame, output, inputs=[request.data])
     if plot is not None:
@@ -154,14 +150,12 @@ def check_request(data, adapter, method, confidence, time_column, every, group_c
     for option, column in (("--time-column", time_column), ("--group-column", group_column)):
         if column is not None and column not in columns:
             raise UserError(f"{path}: no column {column!r} ({option}); its columns: {', '.join(columns)}")
-    request = Request(path, Path(adapter), time_column, every, group_column, text_column, encoding)
-    request.prob_columns = columns  # all of them for now: find_prob_columns picks the domain's labels
-    return request
+    return Request(path, Path(adapter), time_column, every, group_column, text_column, encoding, columns)
 
 
 def find_prob_columns(request: Request, domain: Domain) -> None:
     """Scored rows when the input has prob_<label> for every label of the adapter, else posts in the text column."""
-    columns = request.prob_columns
+    columns = request.columns
     wanted = [f"prob_{name}" for name in domain.label_names]
     if all(c in columns for c in wanted):
         request.scored, request.prob_columns = True, wanted
@@ -173,7 +167,6 @@ def find_prob_columns(request: Request, domain: Domain) -> None:
     if request.text_column not in columns:
         raise UserError(f"{request.data}: neither predict's {', '.join(wanted)} columns nor a text column "
                         f"{request.text_column!r} (--text-column); its columns: {', '.join(columns)}")
-    request.prob_columns = []
 
 
 def run_temperature(adapter: Path) -> float:
