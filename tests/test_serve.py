@@ -24,6 +24,7 @@ from safetensors.torch import save_file
 from weibo_sentiment.errors import UserError
 from weibo_sentiment.inference import Predictor
 from weibo_sentiment.serve import LOOPBACK_HOSTS, create_app, exposure_warning, public_model_name
+from weibo_sentiment.serve.guard import allowed_host_names
 
 from .conftest import ROOT
 from .serving_helpers import running
@@ -421,11 +422,14 @@ def test_adapter_for_another_base_is_refused_without_revealing_the_root(managed,
 
 
 # ---- Host header and binding ------------------------------------------------------------------------------
+HOST_REFUSED = "the Host header names another server (serve --allowed-hosts lists the names this one answers to)"
+
+
 def test_a_loopback_server_refuses_foreign_host_headers(predictor):
     app = create_app(predictor, allowed_hosts=LOOPBACK_HOSTS)
     with running(app) as url, httpx.Client(base_url=url) as client:
         reply = client.get("/healthz", headers={"host": "attacker.example"})
-        assert (reply.status_code, reply.json()) == (400, {"error": "the Host header names another server"})
+        assert (reply.status_code, reply.json()) == (400, {"error": HOST_REFUSED})
         port = url.rsplit(":", 1)[1]
         for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}"):
             assert client.get("/healthz", headers={"host": host}).status_code == 200, host
@@ -496,3 +500,41 @@ def wait_for_startup(url: str, timeout: float = 30) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
+
+
+def test_a_server_on_all_interfaces_refuses_foreign_host_headers(sample_adapter):
+    """DNS rebinding (issue 17): a page on evil.example whose name resolves to this machine is same-origin to the
+    browser, so Origin checks pass; only the Host header tells. Before, a non-loopback bind accepted any Host."""
+    command = [sys.executable, "-m", "weibo_sentiment", "serve", "--adapter", f"s={sample_adapter}",
+               "--host", "0.0.0.0", "--port", "0", "--allowed-hosts", "proxy.example", "Other.Example."]
+    proc = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        for line in proc.stderr:
+            lines.append(line)
+            if "Serving" in line:
+                break
+        port = re.search(r"on http://[^ ]*:(\d+)", "".join(lines)).group(1)
+        assert "Answering to Host 127.0.0.1, localhost, ::1, 0.0.0.0" in "".join(lines)
+        url = f"http://127.0.0.1:{port}"  # connect over loopback; the Host header is what is under test
+        wait_for_startup(url)
+        for foreign in ("evil.example", f"evil.example:{port}", "127.0.0.1.evil.example", "[fe80::1]"):
+            reply = httpx.get(f"{url}/healthz", headers={"host": foreign})
+            assert (reply.status_code, reply.json()) == (400, {"error": HOST_REFUSED}), foreign
+            reply = httpx.post(f"{url}/v1/predict", json={"texts": ["好"]}, headers={"host": foreign})
+            assert reply.status_code == 400, foreign
+        for own in (f"127.0.0.1:{port}", "localhost", f"[::1]:{port}", "proxy.example", "other.example:8080",
+                    "PROXY.EXAMPLE.", socket.gethostname()):
+            assert httpx.get(f"{url}/healthz", headers={"host": own}).status_code == 200, own
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+
+
+def test_allowed_host_names_rule():
+    assert allowed_host_names("127.0.0.1") == ["127.0.0.1", "localhost", "::1"]
+    assert allowed_host_names("192.168.1.20", ["api.example."]) == ["127.0.0.1", "localhost", "::1", "192.168.1.20",
+                                                                    "api.example"]
+    assert allowed_host_names("[::]", ["*"]) is None  # explicit: any Host
+    wildcard = allowed_host_names("0.0.0.0")
+    assert socket.gethostname().lower() in wildcard and "evil.example" not in wildcard

@@ -673,8 +673,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="CPU threads for the model (default: all cores but one)")
     _calibration_args(p)
     add_domain_option(p)
-    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
-                   help="extra Host header name to accept when listening on loopback (e.g. behind a proxy)")
+    p.add_argument("--allowed-hosts", "--allow-host", dest="allow_host", action="extend", nargs="+", default=[],
+                   metavar="NAME",
+                   help="extra Host header names to answer to (e.g. behind a proxy); every request naming another "
+                        "host gets 400. Always accepted: the loopback names and the --host name, and for 0.0.0.0 "
+                        "or :: this machine's host name and addresses; '*' accepts any (not advised)")
     _base_args(p, None)
     p.set_defaults(func=cmd_serve)
     return parser

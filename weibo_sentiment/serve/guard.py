@@ -60,7 +60,7 @@ class Guard:
         self.app = app
         self.routes = routes  # to tell a request some route takes from a wrong method or path (405, 404)
         self.api_key = api_key.encode() if api_key else None
-        self.allowed_hosts = {h.lower().strip("[]") for h in allowed_hosts} if allowed_hosts else None
+        self.allowed_hosts = {h.lower().strip("[]").rstrip(".") for h in allowed_hosts} if allowed_hosts else None
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope, receive, send) -> None:
@@ -68,8 +68,9 @@ class Guard:
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v for k, v in scope["headers"]}
         if self.allowed_hosts is not None and _host_name(headers.get("host", b"")) not in self.allowed_hosts:
-            # A loopback server answers only to its own names: a web page cannot reach it by DNS rebinding.
-            return await _send_error(send, 400, "the Host header names another server")
+            # A server answers only to its own names: a web page cannot reach it by DNS rebinding.
+            return await _send_error(send, 400, "the Host header names another server (serve --allowed-hosts "
+                                                "lists the names this one answers to)")
         method = scope["method"]
         if method in STATE_CHANGING:
             problem = _cross_site(headers)
@@ -144,7 +145,7 @@ def _host_name(host: bytes) -> str:
     host = host.decode("latin-1").lower()
     if host.startswith("["):
         return host[1:].partition("]")[0]
-    return host.rpartition(":")[0] if host.count(":") == 1 else host
+    return (host.rpartition(":")[0] if host.count(":") == 1 else host).rstrip(".")
 
 
 async def _send_error(send, status: int, message: str, extra_headers: list | None = None) -> None:
@@ -163,6 +164,28 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def allowed_host_names(host: str, extra: Sequence[str] = ()) -> list[str] | None:
+    """The Host header names a server bound to `host` answers to: its loopback names, the bound name, and for a
+    bind on all interfaces this machine's host name, FQDN and the addresses they resolve to; plus `extra`
+    (--allowed-hosts). None (any Host) only when `extra` holds "*". Checked on every request: without it a web
+    page can reach the server by DNS rebinding (its own name resolving to this server's address), and the
+    browser then counts the request as same-origin, so the Origin check alone cannot stop it."""
+    if "*" in extra:
+        return None
+    names = [*LOOPBACK_HOSTS, host.strip("[]")]
+    if host.strip("[]") in ("", "0.0.0.0", "::"):
+        import socket
+
+        own = {socket.gethostname(), socket.getfqdn()}
+        for name in list(own):
+            try:
+                own.update(info[4][0] for info in socket.getaddrinfo(name, None))
+            except OSError:  # a host name that does not resolve: the name itself is still accepted
+                pass
+        names += sorted(own)
+    return [*dict.fromkeys(n.lower().rstrip(".") for n in [*names, *extra] if n)]
 
 
 def exposure_warning(host: str, api_key: str | None) -> str | None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from .app import AppSettings, create_app
-from .guard import LOOPBACK_HOSTS, exposure_warning, is_loopback
+from .guard import allowed_host_names, exposure_warning
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +53,9 @@ def serve(
     **options,
 ) -> int:
     """Load the adapters and serve them until interrupted. `options` are AppSettings fields; `allowed_hosts`
-    here adds Host names to the loopback ones a loopback server accepts. `calibrated=False` serves raw
-    probabilities (`--no-calibration`); `domain` the temperature of that domain of the default adapter."""
+    here adds Host names to the ones every server answers to (see guard.allowed_host_names).
+    `calibrated=False` serves raw probabilities (`--no-calibration`); `domain` the temperature of that domain of
+    the default adapter."""
     import uvicorn
 
     settings = AppSettings(**options)
@@ -77,7 +78,8 @@ def serve(
             from ..domains import apply_domain
 
             apply_domain(predictor, domain)
-        hosts = [*LOOPBACK_HOSTS, host, *(settings.allowed_hosts or ())] if is_loopback(host) else None
+        hosts = allowed_host_names(host, settings.allowed_hosts or ())
+        logger.info("Answering to Host %s", "any name (--allowed-hosts '*')" if hosts is None else ", ".join(hosts))
         app = create_app(predictor, settings, api_key=api_key, allowed_hosts=hosts)
         warning = exposure_warning(host, api_key)
         if warning:
