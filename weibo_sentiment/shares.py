@@ -108,6 +108,7 @@ def report(data: str | Path, adapter: str | Path = "best_weibo_sentiment_lora", 
     frame = bucket_table(buckets, quantifier, request, chosen, confidence)
     frame.attrs.update({"domain": name, "domain_rows": chosen.rows, "domain_counts": chosen.counts,
                         "method": method, "confidence": confidence, "every": request.every,
+                        "min_bucket_posts": MIN_BUCKET_POSTS,
                         "label_names": chosen.label_names, "note": note, "input": str(request.data),
                         "rows": buckets.rows, "input_kind": "scored rows" if request.scored else "posts"})
     if output is not None:

@@ -32,9 +32,11 @@ def groups_drawn(frame: pd.DataFrame) -> list:
     return list(sizes.index[:MAX_GROUPS_DRAWN])
 
 
-def trend_figure(frame: pd.DataFrame, path: str | Path, title: str | None = None) -> Path:
+def trend_figure(frame: pd.DataFrame, path: str | Path, title: str | None = None,
+                 reference: dict[str, pd.Series] | None = None) -> Path:
     """Draw `frame` (report's result, with its attrs) to the PNG `path`, atomically (only over a picture of
-    ours)."""
+    ours). `reference`: known shares per label (indexed like `frame`), drawn as a black dotted line, where a
+    benchmark knows the truth."""
     import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -54,6 +56,9 @@ def trend_figure(frame: pd.DataFrame, path: str | Path, title: str | None = None
         for ax, label in zip(axes, labels):
             if "bucket" in frame and attrs.get("every"):
                 draw_over_time(ax, frame, label, groups)
+                if reference and label in reference:
+                    ax.plot(pd.to_datetime(frame["bucket"]).to_numpy(), reference[label].to_numpy(), color="black",
+                            linestyle=":", linewidth=1.5, label="true share (known in this test)")
             else:
                 draw_per_group(ax, frame, label, groups)
             ax.set_ylabel(f"share of posts: {label}")
@@ -82,10 +87,10 @@ def draw_over_time(ax, frame: pd.DataFrame, label: str, groups: list) -> None:
         ax.plot(x, rows[f"counted_{label}"], color=colour, linewidth=0.8, linestyle="--",
                 label=f"{name}counted share (predicted labels)")
         few = rows[rows["few_posts"] & (rows["n"] > 0)]
-        if len(few):
+        if len(few):  # ringed, one legend entry for all groups
+            legend = f"fewer than {frame.attrs['min_bucket_posts']} posts" if group == groups[0] else None
             ax.plot(pd.to_datetime(few["bucket"]).to_numpy(), few[f"share_{label}"], linestyle="none", marker="o",
-                    markersize=7, markerfacecolor="none", color=colour,
-                    label=f"{name}fewer than 50 posts" if group is None or group == groups[0] else None)
+                    markersize=7, markerfacecolor="none", color=colour, label=legend)
     ax.set_xlabel(f"bucket start (every {frame.attrs['every']})")
     for tick in ax.get_xticklabels():
         tick.set_rotation(30)
