@@ -56,8 +56,10 @@ def full_table(results: dict) -> list[str]:
     for key, r in fixed(results).items():
         for method in METHODS:
             m = r["methods"][method]
+            of = m.get("interval_estimates", 570)
             lines.append(f"| {setting_name(key)} | {method} | {m['mean_abs_error']:.4f} | {m['worst_abs_error']:.3f} "
-                         f"| {m['coverage']:.3f} | {m['mean_width']:.3f} | {m['clipped']} | {m['ms_per_bucket']:.0f} |")
+                         f"| {m['coverage']:.3f}{'' if of == 570 else f' (of {of})'} | {m['mean_width']:.3f} "
+                         f"| {m['clipped']} | {m['ms_per_bucket']:.0f} |")
     return lines
 
 

@@ -135,14 +135,12 @@ def parse_times(values: pd.Series, where: str, first_row: int) -> pd.Series:
             times = pd.to_datetime(values, unit="s", errors="coerce")
         else:
             text = values.astype("string").str.strip()
-            times = pd.to_datetime(text, format="ISO8601", errors="coerce")
+            times = wall_clock(pd.to_datetime(text, format="ISO8601", errors="coerce"))
             retry = times.isna() & text.notna() & (text != "")
-            if retry.any():
-                times = times.astype(object)
-                times[retry] = pd.to_datetime(text[retry], format="mixed", errors="coerce")
-                times = pd.to_datetime(times)
-        if getattr(times.dt, "tz", None) is not None:
-            times = times.dt.tz_localize(None)
+            if retry.any():  # e.g. Weibo's "Mon Jan 01 10:00:00 +0800 2024"
+                again = wall_clock(pd.to_datetime(text[retry], format="mixed", errors="coerce"))
+                times = times.where(~retry, again)
+        times = wall_clock(times)
     except (ValueError, TypeError, OverflowError) as e:
         raise UserError(f"{where}: times that pandas cannot read as one kind ({_short(e)}); give them in one form "
                         "and one UTC offset") from None
@@ -154,6 +152,11 @@ def parse_times(values: pd.Series, where: str, first_row: int) -> pd.Series:
         what = "no time" if blank else f"the time {str(value)!r} is not one pandas can read"
         raise UserError(f"{where}: row {first_row + i + 1}: {what}")
     return times
+
+
+def wall_clock(times: pd.Series) -> pd.Series:
+    """Times with a UTC offset at their own wall-clock time (Beijing posts stay in Beijing days)."""
+    return times.dt.tz_localize(None) if getattr(times.dt, "tz", None) is not None else times
 
 
 def bucket_starts(times: pd.Series, every: str) -> pd.Series:
