@@ -10,10 +10,12 @@ import pytest
 from transformers import TrainerCallback
 
 from tests.conftest import SAMPLE
-from weibo_sentiment.adaptation import AdaptConfig, adapt_base, encode_blocks, pack, split_texts
+from weibo_sentiment.adaptation import AdaptConfig, adapt_base
+from weibo_sentiment.corpus import encode_blocks, pack, split_texts
 from weibo_sentiment.errors import UserError
 from weibo_sentiment.inference import Predictor
-from weibo_sentiment.modeling import SOURCE_FILE, load_tokenizer
+from weibo_sentiment.modeling import load_tokenizer
+from weibo_sentiment.output import SOURCE_FILE
 
 FAST = dict(block_size=64, batch_size=8, validation_split=0.1, lr=3e-3, logging_steps=2, progress=False)
 

@@ -167,7 +167,8 @@ def test_serve_command_passes_no_calibration(cli, hot, monkeypatch):
 def test_merged_model_in_a_plain_pipeline_is_calibrated(hot, tmp_path, calibrated):
     from transformers import pipeline
 
-    from weibo_sentiment.adapters import MERGE_FILE, merge
+    from weibo_sentiment.adapters import merge
+    from weibo_sentiment.output import MERGE_FILE
 
     out = merge(hot, tmp_path / "merged")
     assert json.loads((out / MERGE_FILE).read_text(encoding="utf-8"))["temperature"] == HOT
@@ -179,7 +180,9 @@ def test_merged_model_in_a_plain_pipeline_is_calibrated(hot, tmp_path, calibrate
 
 
 def test_onnx_export_records_and_applies_the_temperature(hot, tmp_path, raw_logits, calibrated):
-    from weibo_sentiment.export import OnnxPredictor, export_onnx, read_export
+    from weibo_sentiment.exporters.onnx import export_onnx
+    from weibo_sentiment.inference import OnnxPredictor
+    from weibo_sentiment.inference.onnx_predictor import read_export
 
     out = export_onnx(hot, tmp_path / "onnx")
     assert read_export(out)["temperature"] == HOT

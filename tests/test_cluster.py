@@ -12,9 +12,10 @@ import pytest
 import ray  # `make install` installs the cluster extra: a missing Ray fails here, it is never skipped
 
 from tests.conftest import SAMPLE
-from weibo_sentiment.cluster import MARKER_FILE, MISSING_RAY
+from weibo_sentiment.cluster import MISSING_RAY
+from weibo_sentiment.output import SCORES_FILE
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Ray Data's own settings
+pytestmark = [pytest.mark.ray, pytest.mark.filterwarnings("ignore::DeprecationWarning")]  # Ray Data's own settings
 
 
 @pytest.fixture(scope="session")
@@ -60,7 +61,7 @@ def test_two_actors_score_every_row_once(tmp_path, local_ray, sample_adapter, cl
     assert r.code == 0, r.err
     rows = read_output(out)
     assert sorted(row["mid"] for row in rows) == list(range(1000, 1300))
-    marker = json.loads((out / MARKER_FILE).read_text())
+    marker = json.loads((out / SCORES_FILE).read_text())
     assert marker["rows"] == 300 and marker["adapters"] == [str(sample_adapter)]
     expected = {p.text: p for p in Predictor.from_adapters([sample_adapter], device="cpu").predict(items)}
     assert list(rows[0])[:6] == ["mid", "text", "label", "label_name", "confidence", "uncertain"]

@@ -22,6 +22,8 @@ from weibo_sentiment.checkpoints import MARKER_FILE, last_complete_checkpoint
 
 from .conftest import ROOT, SAMPLE
 
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
+
 HELDOUT = ROOT / "examples" / "weibo_sample_heldout.csv"
 RECIPE = ["--epochs", "2", "--max-length", "32", "--lr", "0.002", "--save-steps", "5"]
 STEPS_PER_EPOCH = 27  # ceil(423 / 8) = 53 batches, dealt to 2 ranks: 27 each (the last one wraps around)
@@ -33,6 +35,7 @@ PROBE = """
 import json, os, sys, time
 import torch, torch.distributed as dist
 from transformers import TrainerCallback
+import weibo_sentiment.sampling as sampling
 import weibo_sentiment.training as training
 from weibo_sentiment.cli import main
 
@@ -62,12 +65,12 @@ def training_step(self, model, inputs, *args, **kwargs):
     return real_step(self, model, inputs, *args, **kwargs)
 training._SentimentTrainer.training_step = training_step
 
-real_iter = training.EpochSeededLengthSampler.__iter__
+real_iter = sampling.EpochSeededLengthSampler.__iter__
 def sampler_iter(self):
     order = list(real_iter(self))
     record["orders"].append({"epoch": self.epoch, "texts": [self.dataset[i]["input_ids"] for i in order]})
     return iter(order)
-training.EpochSeededLengthSampler.__iter__ = sampler_iter
+sampling.EpochSeededLengthSampler.__iter__ = sampler_iter
 
 real_train = training.train
 training.train = lambda config, callbacks=None: real_train(config, [Probe(), *(callbacks or [])])
@@ -226,7 +229,7 @@ def test_kill_9_then_resume_under_two_processes(two_process_run, tmp_path, tiny_
 def test_adapt_base_on_two_processes_writes_one_base(tmp_path, tiny_base):
     """adapt-base under torchrun: rank 0 alone claims the checkpoint directory and writes the base; the Trainer
     runs DDP over gloo (each rank its half of the blocks), and the source marker records the world size."""
-    from weibo_sentiment.modeling import SOURCE_FILE
+    from weibo_sentiment.output import SOURCE_FILE
 
     out = tmp_path / "adapted"
     command = torchrun("-m", "weibo_sentiment", "adapt-base", "--texts", SAMPLE, "--base-model", tiny_base,

@@ -12,11 +12,14 @@ import pytest
 from transformers import TrainerCallback
 
 import weibo_sentiment.training as training
+from weibo_sentiment.batches import encode
 from weibo_sentiment.checkpoints import MARKER_FILE
-from weibo_sentiment.data import load_labelled, stratified_split, strip_emoticons
+from weibo_sentiment.data import load_labelled, stratified_split
+from weibo_sentiment.emoticons import strip_emoticons
 from weibo_sentiment.errors import UserError
 from weibo_sentiment.modeling import load_tokenizer
-from weibo_sentiment.training import EmoticonDropout, TrainConfig, encode, train
+from weibo_sentiment.sampling import EmoticonDropout
+from weibo_sentiment.training import TrainConfig, train
 
 from .conftest import ROOT, SAMPLE
 

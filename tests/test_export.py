@@ -12,8 +12,10 @@ import pytest
 from safetensors.torch import load_file
 
 from weibo_sentiment.errors import UserError
-from weibo_sentiment.export import EXPORT_FILE, MODEL_FILE, OnnxPredictor, export_onnx, quantize_export, read_export
-from weibo_sentiment.inference import Predictor
+from weibo_sentiment.exporters.onnx import export_onnx, quantize_export
+from weibo_sentiment.inference import OnnxPredictor, Predictor
+from weibo_sentiment.inference.onnx_predictor import MODEL_FILE, read_export
+from weibo_sentiment.output import EXPORT_FILE
 
 from .conftest import SAMPLE
 

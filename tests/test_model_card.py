@@ -16,8 +16,8 @@ from huggingface_hub import ModelCard
 
 from weibo_sentiment.adapter_io import read_run, write_run
 from weibo_sentiment.adapters import combine, merge
-from weibo_sentiment.export import OnnxPredictor, export_onnx, quantize_export
-from weibo_sentiment.inference import Predictor
+from weibo_sentiment.exporters.onnx import export_onnx, quantize_export
+from weibo_sentiment.inference import OnnxPredictor, Predictor
 from weibo_sentiment.model_card import CARD_FILE, adapter_card, write_card
 
 PEFT_TEMPLATE = ("[More Information Needed]", "Model Card for Model ID", "base_model:adapter:")

@@ -11,9 +11,10 @@ import pytest
 from PIL import Image
 
 from tests.conftest import SAMPLE
-from weibo_sentiment import plots
+from weibo_sentiment import fonts, plots
 from weibo_sentiment.calibration import softmax
 from weibo_sentiment.errors import UserError
+from weibo_sentiment.output import SOFTWARE, is_our_png
 
 PNG = b"\x89PNG\r\n\x1a\n"
 CATS = ["书籍", "平板", "手机", "水果", "洗发水", "热水器", "蒙牛", "衣服", "计算机", "酒店"]
@@ -44,7 +45,7 @@ def require_cjk_font() -> None:
 def test_adapter_has_training_png(sample_adapter):
     path = sample_adapter / "training.png"
     data = path.read_bytes()
-    assert data.startswith(PNG) and plots.is_our_png(data[:65536])
+    assert data.startswith(PNG) and is_our_png(data[:65536])
     assert 5_000 < len(data) < 150_000
     assert png_size(path) == (1000, 400)
 
@@ -80,7 +81,7 @@ def test_evaluation_figure_synthetic(tmp_path):
     one_curve = plots.evaluation_figure(tmp_path / "one.png", labels, probs, None, CATS)
     for path in (two, ten, one_curve):
         assert png_size(path) == (1500, 520)
-        assert plots.is_our_png(path.read_bytes()[:65536])
+        assert is_our_png(path.read_bytes()[:65536])
         assert 20_000 < path.stat().st_size < 250_000
 
 
@@ -95,8 +96,8 @@ def test_chinese_labels_draw_without_glyph_warnings(tmp_path):
 
 
 def test_without_cjk_font_ids_are_shown(tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(plots, "_candidates", lambda: [])
-    plots._cjk_font.cache_clear()
+    monkeypatch.setattr(fonts, "_candidates", lambda: [])
+    fonts._cjk_font.cache_clear()
     try:
         labels, probs, raw = synthetic(300, 3)
         with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING):
@@ -106,9 +107,9 @@ def test_without_cjk_font_ids_are_shown(tmp_path, monkeypatch, caplog):
         assert "0 = 负面; 1 = neutral; 2 = 正面" in caplog.text and plots.FONT_ENV in caplog.text
         with Image.open(path) as image:
             assert image.info["Description"] == "labels: 0 = 负面; 1 = neutral; 2 = 正面"
-            assert image.info["Software"] == plots.SOFTWARE
+            assert image.info["Software"] == SOFTWARE
     finally:
-        plots._cjk_font.cache_clear()
+        fonts._cjk_font.cache_clear()
 
 
 def test_evaluation_figure_checks_shapes(tmp_path):
@@ -125,21 +126,21 @@ def test_is_our_png():
     buffer = io.BytesIO()
     Image.new("RGB", (4, 4)).save(buffer, format="PNG")
     foreign = buffer.getvalue()
-    assert not plots.is_our_png(foreign)
-    assert not plots.is_our_png(b"")
-    assert not plots.is_our_png(b"Software\0weibo-sentiment")
+    assert not is_our_png(foreign)
+    assert not is_our_png(b"")
+    assert not is_our_png(b"Software\0weibo-sentiment")
     from PIL.PngImagePlugin import PngInfo
 
     info = PngInfo()
     info.add_text("Software", "weibo-sentiment")
     buffer = io.BytesIO()
     Image.new("RGB", (4, 4)).save(buffer, format="PNG", pnginfo=info)
-    assert plots.is_our_png(buffer.getvalue())
+    assert is_our_png(buffer.getvalue())
     info = PngInfo()
     info.add_text("Comment", "Software weibo-sentiment")
     buffer = io.BytesIO()
     Image.new("RGB", (4, 4)).save(buffer, format="PNG", pnginfo=info)
-    assert not plots.is_our_png(buffer.getvalue())
+    assert not is_our_png(buffer.getvalue())
 
 
 def test_evaluate_plot_end_to_end(cli, sample_adapter, tmp_path):
@@ -149,7 +150,7 @@ def test_evaluate_plot_end_to_end(cli, sample_adapter, tmp_path):
     assert f"Plot written to {out}" in result.out
     assert png_size(out) == (1500, 520)
     first = out.read_bytes()
-    assert plots.is_our_png(first[:65536])
+    assert is_our_png(first[:65536])
     # An earlier picture of ours is replaced, atomically; no temporary file is left.
     result = cli("evaluate", "--adapter", sample_adapter, "--data", SAMPLE, "--plot", out, "--strip-emoticons")
     assert result.code == 0, result.err
@@ -176,7 +177,8 @@ def test_evaluate_plot_refuses_foreign_file(cli, sample_adapter, tmp_path, conte
 
 # ---- --report-to --------------------------------------------------------------------------------------------
 def test_report_to_values(monkeypatch):
-    from weibo_sentiment.training import TrainConfig, report_to
+    from weibo_sentiment.recipe import report_to
+    from weibo_sentiment.training import TrainConfig
 
     assert report_to(TrainConfig()) == []
     assert report_to(TrainConfig(report_to=["none"])) == []

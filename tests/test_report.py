@@ -15,8 +15,9 @@ import pytest
 from safetensors.numpy import save_file
 
 from weibo_sentiment import report
-from weibo_sentiment.adapters import format_info, info
+from weibo_sentiment.adapters import info
 from weibo_sentiment.calibration import softmax
+from weibo_sentiment.cli.models import format_info
 from weibo_sentiment.domains import (
     adapter_fingerprint,
     domain_path,

@@ -177,7 +177,7 @@ def test_openapi_docs_and_page_are_served(server):
 
 
 def test_onnx_backend_serves_the_same_answers(sample_adapter, predictor, tmp_path):
-    from weibo_sentiment.export import load_predictor
+    from weibo_sentiment.inference import load_predictor
 
     onnx = load_predictor([f"sample={sample_adapter}"], backend="onnx")
     with running(create_app(onnx)) as url, httpx.Client(base_url=url, timeout=60) as client:

@@ -19,7 +19,8 @@ from tests.conftest import ROOT, SAMPLE
 pq = pytest.importorskip("pyarrow.parquet")
 import pyarrow as pa  # noqa: E402
 
-from weibo_sentiment.streaming import partial_paths, predict_file  # noqa: E402
+from weibo_sentiment.streaming.record import partial_paths  # noqa: E402
+from weibo_sentiment.streaming.run import predict_file  # noqa: E402
 
 
 def sample_texts(n: int = 23) -> list[str]:
@@ -143,7 +144,7 @@ def test_a_bad_row_in_a_late_chunk(tmp_path, sample_adapter, cli, bad, message):
 
 
 def test_interrupted_run_resumes_only_when_nothing_changed(tmp_path, sample_adapter, cli, monkeypatch, caplog):
-    import weibo_sentiment.streaming as streaming
+    import weibo_sentiment.streaming.run as streaming
 
     texts = sample_texts(30)
     source = write_csv(tmp_path / "in.csv", texts)
@@ -243,7 +244,8 @@ def test_routing_column_across_chunks(tmp_path, sample_adapter, adapter_copy, cl
 
 def test_onnx_backend_streams(tmp_path, sample_adapter, cli):
     pytest.importorskip("onnxruntime")
-    from weibo_sentiment.export import OnnxPredictor, export_onnx
+    from weibo_sentiment.exporters.onnx import export_onnx
+    from weibo_sentiment.inference import OnnxPredictor
 
     model = export_onnx(sample_adapter, tmp_path / "export")
     texts = sample_texts(11)
@@ -262,14 +264,14 @@ def test_onnx_backend_streams(tmp_path, sample_adapter, cli):
 def _property_case():
     from hypothesis import given
 
-    from tests.test_bad_input import PROPERTY, files, one_line
+    from tests.test_data_edge_cases import PROPERTY, files, one_line
 
     @PROPERTY
     @given(raw=files, suffix=st.sampled_from([".txt", ".csv", ".tsv"]))
     def test(tmp_path_factory, raw, suffix):
         from weibo_sentiment.data import read_texts
         from weibo_sentiment.errors import UserError
-        from weibo_sentiment.streaming import Source
+        from weibo_sentiment.streaming.source import Source
 
         path = tmp_path_factory.mktemp("prop") / f"in{suffix}"
         path.write_bytes(raw)

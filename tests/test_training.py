@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from weibo_sentiment.training import PaddedBatches, TrainConfig, train
+from weibo_sentiment.batches import PaddedBatches
+from weibo_sentiment.training import TrainConfig, train
 
 from .conftest import SAMPLE, run_subprocess
 

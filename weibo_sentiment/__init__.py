@@ -6,7 +6,8 @@ The library API, in data-flow order::
 """
 
 from .adaptation import AdaptConfig, adapt_base
-from .data import LabelledData, load_labelled, read_texts, strip_emoticons
+from .data import LabelledData, load_labelled, read_texts
+from .emoticons import strip_emoticons
 from .errors import UserError
 from .evaluation import evaluate
 from .inference import Prediction, Predictor

@@ -5,6 +5,8 @@ The texts are tokenized, each followed by `[SEP]`, concatenated and cut into blo
 before packing; its perplexity is measured before and after. The Trainer runs the loop (checkpoints, resume,
 bf16/fp16 on GPUs, DDP under torchrun) with the checkpoint rules of `train` (weibo_sentiment.checkpoints), and the
 result is an ordinary base model directory (config, safetensors, tokenizer, pad id set) usable as `--base-model`.
+`adapt_base` runs the recipe's steps in order: `setup`, `build_trainer`, `train_measured`, `report` (the source
+marker's contents) and `save`.
 
     from weibo_sentiment.adaptation import AdaptConfig, adapt_base
     adapt_base(AdaptConfig(texts=["train.csv"], base_model="models/tiny", output="models/tiny-weibo", max_steps=1000))
@@ -13,7 +15,6 @@ result is an ordinary base model directory (config, safetensors, tokenizer, pad 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import shutil
@@ -23,24 +24,34 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import GPT2LMHeadModel, Trainer, TrainingArguments, set_seed
+from transformers import GPT2LMHeadModel, Trainer, set_seed
 
 from .adapter_io import base_fingerprint, package_versions
-from .checkpoints import CheckpointKeeper, claim_checkpoint_dir, inspect_checkpoint_dir, release_checkpoint_dir
-from .data import DEFAULT_TEXT_COLUMN, read_texts
+from .checkpoints import CheckpointKeeper, ResumeRules
+from .corpus import Blocks, collate_blocks, encode_blocks, read_corpus, split_texts
+from .distributed import Ranks
 from .errors import UserError
 from .modeling import (
-    DEFAULT_BASE_MODEL,
-    DEFAULT_MODEL_DIR,
-    SOURCE_FILE,
-    atomic_dir,
-    base_inputs,
-    check_output_dir,
     load_tokenizer,
     resolve_base_model,
     save_tokenizer,
     special_token_ids,
 )
+from .output import atomic_dir, base_inputs, check_output_dir, write_marker
+from .recipe import (
+    RunConfig,
+    base_positions,
+    claim_checkpoints,
+    inspect_checkpoints,
+    portable_base,
+    precision_arguments,
+    precision_name,
+    run_loop,
+    training_arguments,
+    use_tensorboard_dir,
+    write_once,
+)
+from .speedups import fast_activations, fast_dropout
 
 logger = logging.getLogger(__name__)
 
@@ -49,41 +60,37 @@ DEFAULT_METHOD = "full"  # measured: docs/adaptation.md
 DEFAULT_LR = {"full": 5e-4, "lora": 2e-3}
 LORA_TARGETS = ["c_attn", "c_proj", "c_fc"]
 
+# What must match to resume, in the order a refusal names them (train's names where the keys mean the same).
+RESUME_RULES = ResumeRules(
+    names={
+        "text_column": "--text-column", "encoding": "--encoding", "base_fingerprint": "base model (fingerprint)",
+        "lr": "--lr", "batch_size": "--batch-size", "epochs": "--epochs", "max_steps": "--max-steps",
+        "warmup_ratio": "--warmup-ratio", "weight_decay": "weight decay", "seed": "--seed",
+        "validation_split": "--validation-split", "lora_r": "--lora-r", "lora_alpha": "--lora-alpha",
+        "lora_dropout": "--lora-dropout", "target_modules": "--target-modules", "precision": "precision",
+        "world_size": "number of processes", "texts_sha256": "text files (sha256)", "method": "--method",
+        "block_size": "--block-size",
+    },
+    defaults={"world_size": 1},  # absent from the identity of one process
+    extensible=frozenset({"epochs", "max_steps"}),  # a finished run kept with --keep-checkpoints may train longer
+)
 
-@dataclass
-class AdaptConfig:
-    texts: list[str] = field(default_factory=list)
+
+@dataclass(kw_only=True)
+class AdaptConfig(RunConfig):
     output: str = "models/gpt2-chinese-adapted"
-    base_model: str = DEFAULT_BASE_MODEL
-    model_dir: str = str(DEFAULT_MODEL_DIR)
-    text_column: str = DEFAULT_TEXT_COLUMN
-    encoding: str = "utf-8"
-    method: str = DEFAULT_METHOD
-    block_size: int = 128
     lr: float | None = None  # None: DEFAULT_LR[method]
     batch_size: int = 32
     epochs: float = 1.0
-    max_steps: int = -1
     warmup_ratio: float = 0.05
-    weight_decay: float = 0.01
+    texts: list[str] = field(default_factory=list)
+    method: str = DEFAULT_METHOD
+    block_size: int = 128
     validation_split: float = 0.01
-    seed: int = 42
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
-    precision: str = "auto"
-    checkpoint_dir: str | None = None
-    save_steps: int = 500
-    resume: bool = False
-    restart: bool = False
-    keep_checkpoints: bool = False
-    logging_steps: int = 50
-    eval_batch_size: int | None = None
     progress: bool = True  # the Trainer's progress bar and per-logging-step loss lines
-
-    def checkpoints(self) -> Path:
-        out = Path(self.output.rstrip("/"))
-        return Path(self.checkpoint_dir) if self.checkpoint_dir else out.with_name(out.name + ".checkpoints")
 
     def learning_rate(self) -> float:
         return self.lr if self.lr is not None else DEFAULT_LR[self.method]
@@ -97,80 +104,9 @@ class AdaptResult:
     main_process: bool = True
 
 
-def pack(token_ids: list[list[int]], sep_id: int, block_size: int) -> np.ndarray:
-    """HF run_clm's `group_texts`: every text's tokens followed by `sep_id`, concatenated, cut into rows of exactly
-    `block_size` tokens; the remainder (fewer than `block_size` tokens) is dropped. Returns (blocks, block_size)."""
-    total = sum(len(ids) + 1 for ids in token_ids)
-    flat = np.empty(total, dtype=np.int64)
-    at = 0
-    for ids in token_ids:
-        flat[at:at + len(ids)] = ids
-        flat[at + len(ids)] = sep_id
-        at += len(ids) + 1
-    usable = (total // block_size) * block_size
-    return flat[:usable].reshape(-1, block_size)
-
-
-class Blocks(torch.utils.data.Dataset):
-    """Packed blocks as causal-LM examples: the labels are the inputs (the model shifts them)."""
-
-    def __init__(self, blocks: np.ndarray):
-        self.blocks = torch.from_numpy(blocks)
-
-    def __len__(self) -> int:
-        return len(self.blocks)
-
-    def __getitem__(self, i: int) -> dict:
-        row = self.blocks[i]
-        return {"input_ids": row, "labels": row}
-
-
-def _collate(features: list[dict]) -> dict:
-    ids = torch.stack([f["input_ids"] for f in features])
-    return {"input_ids": ids, "labels": ids}  # every block is full: no padding, no attention mask
-
-
-def _file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def read_corpus(config: AdaptConfig) -> tuple[list[str], list[dict]]:
-    """Every text of every file (labels, if any, ignored), and per file its path, sha256 and text count."""
-    if not config.texts:
-        raise UserError("adapt-base needs texts: pass --texts FILE [FILE ...]")
-    texts: list[str] = []
-    files = []
-    for path in config.texts:
-        found, _ = read_texts(path, text_column=config.text_column, encoding=config.encoding)
-        texts.extend(found)
-        files.append({"path": str(Path(path).resolve()), "sha256": _file_sha256(path), "texts": len(found)})
-    return texts, files
-
-
-def split_texts(texts: list[str], share: float, seed: int) -> tuple[list[str], list[str]]:
-    """A seeded random `share` of the texts (at least one) held out; the rest, in their order, for training."""
-    if not 0 < share < 1:
-        raise UserError(f"--validation-split {share:g}: must be between 0 and 1 (exclusive)")
-    if len(texts) < 2:
-        raise UserError(f"adapt-base needs at least 2 texts (one is held out for perplexity), got {len(texts)}")
-    n_val = min(len(texts) - 1, max(1, round(len(texts) * share)))
-    held = np.zeros(len(texts), dtype=bool)
-    held[np.random.default_rng(seed).permutation(len(texts))[:n_val]] = True
-    return [t for t, h in zip(texts, held) if not h], [t for t, h in zip(texts, held) if h]
-
-
-def encode_blocks(tokenizer, texts: list[str], block_size: int) -> np.ndarray:
-    ids = tokenizer(texts, add_special_tokens=False, return_attention_mask=False, verbose=False)["input_ids"]
-    return pack(ids, tokenizer.sep_token_id, block_size)
-
-
-def _identity(config: AdaptConfig, files: list[dict], base_dir: Path, precision: str) -> dict:
-    # The keys `train` uses where they mean the same; the others are named in checkpoints._IDENTITY_NAMES.
-    return {
+def run_identity(config: AdaptConfig, files: list[dict], base_dir: Path, precision: str, world_size: int = 1) -> dict:
+    """What `--resume` checks against the checkpoints' run (`RESUME_RULES`)."""
+    identity = {
         "texts_sha256": hashlib.sha256(" ".join(f["sha256"] for f in files).encode()).hexdigest(),
         "text_column": config.text_column, "encoding": config.encoding,
         "base_fingerprint": base_fingerprint(base_dir), "method": config.method, "block_size": config.block_size,
@@ -182,6 +118,9 @@ def _identity(config: AdaptConfig, files: list[dict], base_dir: Path, precision:
         "lora_dropout": config.lora_dropout if config.method == "lora" else None,
         "target_modules": LORA_TARGETS if config.method == "lora" else None,
     }
+    if world_size > 1:  # absent: 1 (see RESUME_RULES.defaults)
+        identity.update(world_size=world_size)
+    return identity
 
 
 def _load_lm(base_dir: Path, tokenizer) -> GPT2LMHeadModel:
@@ -221,11 +160,25 @@ class _StepTimer:
         return _Timer()
 
 
-def adapt_base(config: AdaptConfig, callbacks: list | None = None) -> AdaptResult:
-    """Continue the causal-LM training of `config.base_model` on `config.texts`; write the adapted base to
-    `config.output`. `callbacks` are extra `transformers.TrainerCallback`s."""
-    from .training import Ranks, _precision, fast_activations, fast_dropout
+@dataclass
+class Prepared:
+    """What `setup` prepared: the corpus packed into blocks, the base, and where this run stands."""
 
+    inputs: list
+    files: list[dict]
+    held_out_texts: int
+    base_dir: Path
+    tokenizer: object
+    train_blocks: np.ndarray
+    val_blocks: np.ndarray
+    precision: dict
+    ranks: Ranks
+    resume_from: Path | None
+
+
+def check_settings(config: AdaptConfig) -> list:
+    """Refuse settings and an output that cannot work, before any reading; returns the run's inputs (what the
+    output may not be)."""
     if config.method not in METHODS:
         raise UserError(f"--method {config.method!r}: choose from {', '.join(METHODS)}")
     for name, value in (("--block-size", config.block_size), ("--batch-size", config.batch_size),
@@ -238,20 +191,25 @@ def adapt_base(config: AdaptConfig, callbacks: list | None = None) -> AdaptResul
               ("the --checkpoint-dir directory", config.checkpoint_dir),
               *base_inputs(config.base_model, config.model_dir)]
     check_output_dir(config.output, "base", inputs)  # before minutes of training, and again when writing
-    precision = _precision(config.precision)
-    precision_name = "bf16" if precision["bf16"] else "fp16" if precision["fp16"] else "fp32"
-    texts, files = read_corpus(config)
+    return inputs
+
+
+def setup(config: AdaptConfig) -> Prepared:
+    """Check the settings, read and split the texts, pack them into blocks, and claim the checkpoint directory
+    (under torchrun / accelerate launch: rank 0 claims it and writes the base, the other ranks wait)."""
+    inputs = check_settings(config)
+    precision = precision_arguments(config.precision)
+    texts, files = read_corpus(config.texts, text_column=config.text_column, encoding=config.encoding)
     train_texts, val_texts = split_texts(texts, config.validation_split, config.seed)
-    checkpoints = config.checkpoints()
-    ranks = Ranks()  # under torchrun / accelerate launch: rank 0 claims the checkpoints and writes the base
-    marker = ranks.once(lambda: inspect_checkpoint_dir(checkpoints, config))
+    ranks = Ranks()
+    marker = inspect_checkpoints(config, ranks)
 
     base_dir = resolve_base_model(config.base_model, config.model_dir)
     if Path(config.output).resolve() == base_dir.resolve():
         raise UserError(f"{config.output}: is the base model being adapted and will not be overwritten; "
                         "choose another --output")
     tokenizer = load_tokenizer(base_dir)
-    n_positions = json.loads((base_dir / "config.json").read_text()).get("n_positions", 1024)
+    n_positions = base_positions(base_dir)
     if config.block_size > n_positions:
         raise UserError(f"--block-size {config.block_size} exceeds the base model's {n_positions} positions")
     train_blocks = encode_blocks(tokenizer, train_texts, config.block_size)
@@ -264,13 +222,18 @@ def adapt_base(config: AdaptConfig, callbacks: list | None = None) -> AdaptResul
                         f"{config.block_size} block; raise --validation-split or lower --block-size")
     logger.info("%d texts: %d training blocks and %d held-out blocks of %d tokens (held out: %d texts)",
                 len(texts), len(train_blocks), len(val_blocks), config.block_size, len(val_texts))
-    identity = _identity(config, files, base_dir, precision_name)
-    if ranks.world > 1:  # absent: 1 (see checkpoints._IDENTITY_DEFAULTS)
-        identity.update(world_size=ranks.world)
-    resume_from = ranks.once(lambda: claim_checkpoint_dir(checkpoints, marker, identity, config))
+    identity = run_identity(config, files, base_dir, precision_name(precision), ranks.world)
+    resume_from = claim_checkpoints(config, ranks, marker, identity, RESUME_RULES)
+    return Prepared(inputs=inputs, files=files, held_out_texts=len(val_texts), base_dir=base_dir,
+                    tokenizer=tokenizer, train_blocks=train_blocks, val_blocks=val_blocks, precision=precision,
+                    ranks=ranks, resume_from=resume_from)
 
+
+def build_trainer(config: AdaptConfig, prepared: Prepared,
+                  callbacks: list | None) -> tuple[torch.nn.Module, Trainer, _StepTimer]:
+    """The language model (LoRA-wrapped for --method lora, speed patches applied) and its Trainer, timed."""
     set_seed(config.seed)
-    model = _load_lm(base_dir, tokenizer)
+    model = _load_lm(prepared.base_dir, prepared.tokenizer)
     fast_activations(model)
     if config.method == "lora":
         from peft import LoraConfig, TaskType, get_peft_model
@@ -284,57 +247,45 @@ def adapt_base(config: AdaptConfig, callbacks: list | None = None) -> AdaptResul
     logger.info("%s: %.2fM trainable parameters", config.method, trainable / 1e6)
 
     timer = _StepTimer()
-    args = TrainingArguments(
-        output_dir=str(checkpoints),
-        per_device_train_batch_size=config.batch_size,
+    args = training_arguments(
+        config, prepared.ranks, prepared.precision,
         per_device_eval_batch_size=config.eval_batch_size or config.batch_size * 2,
-        learning_rate=config.learning_rate(),
-        num_train_epochs=config.epochs,
-        max_steps=config.max_steps,
-        warmup_steps=config.warmup_ratio,
-        lr_scheduler_type="linear",
-        weight_decay=config.weight_decay,
-        eval_strategy="no",  # held-out perplexity before and after (below)
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=None,
-        logging_strategy="steps",
-        logging_steps=config.logging_steps,
-        report_to=[],
-        seed=config.seed,
-        data_seed=config.seed,
-        dataloader_pin_memory=torch.cuda.is_available(),
-        optim="adamw_torch_fused",
+        eval_strategy="no",  # held-out perplexity before and after (train_measured)
         prediction_loss_only=True,
-        disable_tqdm=not config.progress or not ranks.main,
-        **precision,
-        **ranks.training_arguments(),
+        disable_tqdm=not config.progress or not prepared.ranks.main,
     )
-    trainer = Trainer(model=model, args=args, train_dataset=Blocks(train_blocks), eval_dataset=Blocks(val_blocks),
-                      data_collator=_collate,
+    trainer = Trainer(model=model, args=args, train_dataset=Blocks(prepared.train_blocks),
+                      eval_dataset=Blocks(prepared.val_blocks), data_collator=collate_blocks,
                       callbacks=[CheckpointKeeper(), timer.callback(), *(callbacks or [])])
-    # Before `train` loads a checkpoint: the parent base's figure, also in a resumed run.
-    loss = trainer.evaluate()["eval_loss"]
-    before = {"loss": loss, "perplexity": _perplexity(loss)}
-    logger.info("held-out perplexity before: %.2f (loss %.4f)", before["perplexity"], before["loss"])
-    start = time.perf_counter()
-    try:
-        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    except KeyboardInterrupt:
-        raise UserError(f"interrupted; checkpoints are in {checkpoints}, continue with --resume") from None
-    train_seconds = time.perf_counter() - start
-    loss = trainer.evaluate()["eval_loss"]
-    after = {"loss": loss, "perplexity": _perplexity(loss)}
-    logger.info("held-out perplexity after:  %.2f (loss %.4f)", after["perplexity"], after["loss"])
+    use_tensorboard_dir(trainer, config)
+    return model, trainer, timer
 
-    if config.method == "lora":
-        model = model.merge_and_unload()
-    losses = [(e["step"], e["loss"]) for e in trainer.state.log_history if "loss" in e]
-    source = {
-        "adapted_from": _portable_base(config.base_model, base_dir),
+
+def held_out_loss(trainer: Trainer, when: str) -> dict[str, float]:
+    loss = trainer.evaluate()["eval_loss"]
+    measured = {"loss": loss, "perplexity": _perplexity(loss)}
+    logger.info("held-out perplexity %-8s%.2f (loss %.4f)", when + ":", measured["perplexity"], measured["loss"])
+    return measured
+
+
+def train_measured(trainer: Trainer, config: AdaptConfig, resume_from: Path | None) -> dict:
+    """The loop, with the held-out perplexity before and after it and its duration."""
+    before = held_out_loss(trainer, "before")  # before `train` loads a checkpoint: the parent base's, also resumed
+    start = time.perf_counter()
+    run_loop(trainer, config, resume_from)
+    seconds = time.perf_counter() - start
+    return {"before": before, "after": held_out_loss(trainer, "after"), "seconds": seconds}
+
+
+def report(config: AdaptConfig, prepared: Prepared, trainer: Trainer, timer: _StepTimer, measured: dict) -> dict:
+    """The adapted base's source marker: where it came from, how it was trained, what it measured."""
+    args, base_dir = trainer.args, prepared.base_dir
+    before, after = measured["before"], measured["after"]
+    return {
+        "adapted_from": portable_base(config.base_model),
         "adapted_from_dir": str(base_dir.resolve()),
         "adapted_from_fingerprint": base_fingerprint(base_dir),
-        "texts": files,
+        "texts": prepared.files,
         "text_column": config.text_column,
         "method": config.method,
         "block_size": config.block_size,
@@ -345,32 +296,43 @@ def adapt_base(config: AdaptConfig, callbacks: list | None = None) -> AdaptResul
         "effective_batch_size": args.train_batch_size * args.world_size * args.gradient_accumulation_steps,
         "lr": config.learning_rate(),
         "seed": config.seed,
-        "precision": precision_name,
-        "blocks": {"train": len(train_blocks), "validation": len(val_blocks)},
-        "held_out_texts": len(val_texts),
+        "precision": precision_name(prepared.precision),
+        "blocks": {"train": len(prepared.train_blocks), "validation": len(prepared.val_blocks)},
+        "held_out_texts": prepared.held_out_texts,
         "validation_split": config.validation_split,
         "perplexity_before": before["perplexity"],
         "perplexity_after": after["perplexity"],
         "loss_before": before["loss"],
         "loss_after": after["loss"],
-        "train_loss": losses,
-        "train_seconds": round(train_seconds, 1),
+        "train_loss": [(e["step"], e["loss"]) for e in trainer.state.log_history if "loss" in e],
+        "train_seconds": round(measured["seconds"], 1),
         "seconds_per_step": round(timer.seconds / timer.steps, 4) if timer.steps else None,
         **({"lora": {"r": config.lora_r, "alpha": config.lora_alpha, "dropout": config.lora_dropout,
                      "target_modules": LORA_TARGETS, "merged": True}} if config.method == "lora" else {}),
         "versions": package_versions(),
     }
+
+
+def save(config: AdaptConfig, prepared: Prepared, model: torch.nn.Module, source: dict) -> Path:
+    """Rank 0 writes the adapted base (LoRA merged into it) once every rank is done with the checkpoints."""
+    if config.method == "lora":
+        model = model.merge_and_unload()
     output = Path(config.output)
+    write_once(config, prepared.ranks, lambda: save_base(model, prepared.tokenizer, source, output, prepared.inputs,
+                                                         vocab_from=prepared.base_dir))
+    return output
 
-    def write() -> None:  # rank 0 alone, once every rank is done with the checkpoints
-        save_base(model, tokenizer, source, output, inputs, vocab_from=base_dir)
-        release_checkpoint_dir(checkpoints, keep=config.keep_checkpoints)
 
-    ranks.barrier()
-    ranks.once(write)
-    ranks.close()
+def adapt_base(config: AdaptConfig, callbacks: list | None = None) -> AdaptResult:
+    """Continue the causal-LM training of `config.base_model` on `config.texts`; write the adapted base to
+    `config.output`. `callbacks` are extra `transformers.TrainerCallback`s."""
+    prepared = setup(config)
+    model, trainer, timer = build_trainer(config, prepared, callbacks)
+    measured = train_measured(trainer, config, prepared.resume_from)
+    source = report(config, prepared, trainer, timer, measured)
+    output = save(config, prepared, model, source)
     logger.info("adapted base model written to %s", output)
-    return AdaptResult(output=output, source=source, main_process=ranks.main)
+    return AdaptResult(output=output, source=source, main_process=prepared.ranks.main)
 
 
 def save_base(model: GPT2LMHeadModel, tokenizer, source: dict, output: Path, inputs=(),
@@ -387,8 +349,5 @@ def save_base(model: GPT2LMHeadModel, tokenizer, source: dict, output: Path, inp
         if vocab_from is not None and (vocab_from / "vocab.txt").is_file() and not (tmp / "vocab.txt").exists():
             shutil.copyfile(vocab_from / "vocab.txt", tmp / "vocab.txt")  # as init-model and the download keep it
         # The mark of a base written by this package; "adapted_from", never "base_model" (that means a hub download).
-        (tmp / SOURCE_FILE).write_text(json.dumps(source, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        write_marker(tmp, "base", source)
 
-
-def _portable_base(base_model: str, base_dir: Path) -> str:
-    return str(Path(base_model).resolve()) if Path(base_model).exists() else str(base_model)

@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .errors import UserError
+from .output import RUN_FILE, write_marker
 
-RUN_FILE = "run.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 SAVE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -59,7 +59,7 @@ def cast_weights(adapter_dir: str | Path, dtype: str) -> None:
 
 
 def write_run(adapter_dir: str | Path, run: dict) -> None:
-    Path(adapter_dir, RUN_FILE).write_text(json.dumps(run, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_marker(adapter_dir, "adapter", run)
 
 
 def read_run(adapter_dir: str | Path) -> dict:

@@ -13,20 +13,20 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from .adapter_io import RUN_FILE, SAVE_DTYPES, WEIGHTS_FILE, package_versions, read_run
+from .adapter_io import SAVE_DTYPES, WEIGHTS_FILE, package_versions, read_run
+from .adapter_store import save_adapter
 from .domains import list_domains
 from .errors import UserError
 from .inference import Predictor, parse_adapter_specs
 from .model_card import merged_card, write_card
-from .modeling import DEFAULT_MODEL_DIR, atomic_dir, base_inputs, check_output_dir, save_tokenizer
-from .training import save_adapter
+from .modeling import DEFAULT_MODEL_DIR, save_tokenizer
+from .output import RUN_FILE, atomic_dir, base_inputs, check_output_dir, write_marker
 
 logger = logging.getLogger(__name__)
 
 COMBINE_METHODS = ("linear", "cat", "ties", "dare_ties", "svd")
 # Methods that add the adapters' A and B matrices element-wise, so every adapter must have the same rank.
 SAME_RANK_METHODS = ("linear", "ties", "dare_ties")
-MERGE_FILE = "weibo_sentiment_merge.json"
 
 
 def _specs(adapters: Mapping[str, str | Path] | Sequence[str | Path]) -> dict[str, Path]:
@@ -246,8 +246,7 @@ def merge(
                       "temperature": temperature,
                       "temperature_applied": "score.weight is divided by it: the logits are already calibrated",
                       "versions": package_versions()}
-        (tmp / MERGE_FILE).write_text(json.dumps(provenance, indent=2, ensure_ascii=False) + "\n",
-                                      encoding="utf-8")
+        write_marker(tmp, "merged", provenance)
         folded = getattr(model.config, "weibo_sentiment_temperature", None) is not None  # T already in the head
         write_card(tmp, merged_card(info.run, output, adapter, calibrated_weights=folded))
     logger.info("merged %s into its base; standalone model written to %s", adapter, output)
@@ -301,47 +300,3 @@ def info(path: str | Path) -> dict:
         "domains": list_domains(path),
         "run_file": str(path / RUN_FILE),
     }
-
-
-def _size(n: int) -> str:
-    return f"{n / 1e6:.2f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
-
-
-def format_info(details: dict) -> str:
-    lora = details["lora"]
-    params = details["parameters"]
-    lines = [
-        f"adapter     {details['path']}",
-        f"base model  {details['base_model']} (fingerprint {details['base_fingerprint']})",
-        f"labels      {len(details['label_names'])}: {', '.join(details['label_names'])}"
-        + ("  (text labels)" if details["text_labels"] else ""),
-        f"LoRA        r={lora['r']}, alpha={lora['alpha']}, dropout={lora['dropout']}, "
-        f"targets {', '.join(lora['target_modules'])}",
-        f"parameters  {params['total']:,} trainable ({params['lora']:,} LoRA + {params['head']:,} head)",
-        f"file size   {_size(details['file_bytes'])} ({WEIGHTS_FILE}, {details['weights_dtype']})",
-        f"max length  {details['max_length']} tokens",
-    ]
-    best = details.get("best")
-    if best:
-        lines.append(f"best        accuracy {best['accuracy']:.4f}, macro-F1 {best['macro_f1']:.4f} "
-                     f"(validation, epoch {best['epoch']:g})")
-    else:
-        lines.append("best        no validation metrics in run.json")
-    # The same facts as the model card (README.md): the emoticon-free figure and the calibration.
-    stripped = details.get("validation_stripped")
-    if stripped:
-        lines.append(f"stripped    accuracy {stripped['accuracy']:.4f}, macro-F1 {stripped['macro_f1']:.4f} "
-                     "(validation, emoticons removed)")
-    if details.get("temperature") is not None:
-        lines.append(f"calibrated  temperature {details['temperature']:.4g} (predict, evaluate and serve divide "
-                     "the logits by it)")
-    combination = details.get("combination")
-    if combination:
-        parts = ", ".join(f"{a['name']} ×{a['weight']:g}" for a in combination["adapters"])
-        lines.append(f"combined    {combination['method']} of {parts}; head: weighted sum")
-    for i, domain in enumerate(details.get("domains") or ()):
-        counts = ", ".join(f"{n} {name}" for name, n in (domain.get("counts") or {}).items())
-        stale = "" if domain.get("current") else "; fitted with other weights: calibrate again"
-        lines.append(f"{'domains' if i == 0 else '':10}  {domain['name']}: {domain['rows']} labelled rows ({counts}), "
-                     f"temperature {domain['temperature']:.4g}{stale}")
-    return "\n".join(lines)

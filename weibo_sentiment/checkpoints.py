@@ -12,38 +12,32 @@ import logging
 import os
 import re
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from transformers import TrainerCallback
 
-from .adapter_io import base_fingerprint
 from .errors import UserError
-
-if TYPE_CHECKING:
-    from .training import TrainConfig
+from .output import write_json_record
 
 logger = logging.getLogger(__name__)
 
 MARKER_FILE = "weibo_sentiment_checkpoints.json"  # in the checkpoint dir: whose checkpoints these are
 COMPLETE_FILE = "weibo_sentiment_complete.json"  # in a checkpoint-N: written last, lists every file and its size
 _CHECKPOINT = re.compile(r"checkpoint-(\d+)")
-# What must match to resume, in the order a refusal names them.
-_IDENTITY_NAMES = {
-    "data_sha256": "training data (sha256)", "validation_data_sha256": "validation data (sha256)",
-    "text_column": "--text-column", "label_column": "--label-column", "encoding": "--encoding",
-    "label_names": "label names", "base_fingerprint": "base model (fingerprint)", "lr": "--lr",
-    "batch_size": "--batch-size", "epochs": "--epochs", "max_steps": "--max-steps", "warmup_ratio": "--warmup-ratio",
-    "weight_decay": "weight decay", "seed": "--seed", "validation_split": "--validation-split",
-    "max_length": "--max-length", "lora_r": "--lora-r", "lora_alpha": "--lora-alpha", "lora_dropout": "--lora-dropout",
-    "target_modules": "--target-modules", "precision": "precision", "emoticon_dropout": "--emoticon-dropout",
-    "world_size": "number of processes", "gradient_accumulation_steps": "--gradient-accumulation-steps",
-    # adapt-base (adaptation.py): absent from train's identities, so None on both sides there
-    "texts_sha256": "text files (sha256)", "method": "--method", "block_size": "--block-size",
-}
-# What a marker written before a setting joined the identity means by its absence.
-_IDENTITY_DEFAULTS = {"emoticon_dropout": 0.0, "world_size": 1, "gradient_accumulation_steps": 1}
-_EXTENSIBLE = {"epochs", "max_steps"}  # a finished run kept with --keep-checkpoints may be resumed to train longer
+
+
+@dataclass(frozen=True)
+class ResumeRules:
+    """What `--resume` checks, given by each recipe (its own settings): `names`, the identity keys that must match
+    with the name a refusal gives each, in the order a refusal names them; `defaults`, what a marker written before
+    a key joined the identity means by its absence; `extensible`, what a finished run kept with --keep-checkpoints
+    may change to train longer; `unset`, how a refusal shows a key whose value is None, where not as "none"."""
+
+    names: dict[str, str]
+    defaults: dict[str, object]
+    extensible: frozenset[str]
+    unset: dict[str, str] = field(default_factory=dict)
 
 
 def _checkpoint_folders(root: Path) -> list[Path]:
@@ -71,23 +65,15 @@ def last_complete_checkpoint(root: Path) -> Path | None:
     return complete[-1] if complete else None
 
 
-def _write_json_atomic(path: Path, value: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        f.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _remove_checkpoint(folder: Path) -> None:
     (folder / COMPLETE_FILE).unlink(missing_ok=True)  # first: a half-removed folder must not look complete
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def inspect_checkpoint_dir(checkpoints: Path, config: TrainConfig) -> dict | None:
-    """Refuse a checkpoint dir this run may not use, before any model work; return its marker, if any."""
-    if config.resume and config.restart:
+def inspect_checkpoint_dir(checkpoints: Path, *, output: str | Path, resume: bool, restart: bool) -> dict | None:
+    """Refuse a checkpoint dir this run (writing `output`) may not use, before any model work; return its marker, if
+    any."""
+    if resume and restart:
         raise UserError("--resume continues the checkpoints' run and --restart discards them: pass one of them")
     if checkpoints.exists() and not checkpoints.is_dir():
         raise UserError(f"--checkpoint-dir {checkpoints} is a file, not a directory")
@@ -102,11 +88,11 @@ def inspect_checkpoint_dir(checkpoints: Path, config: TrainConfig) -> dict | Non
         shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
         raise UserError(f"--checkpoint-dir {checkpoints} holds files that are not this run's checkpoints ({shown}); "
                         f"checkpoints need a directory of their own: choose a new or empty one")
-    if checkpoints.resolve() in Path(config.output).resolve().parents:
-        raise UserError(f"--output {config.output} is inside --checkpoint-dir {checkpoints}, which must hold "
+    if checkpoints.resolve() in Path(output).resolve().parents:
+        raise UserError(f"--output {output} is inside --checkpoint-dir {checkpoints}, which must hold "
                         f"checkpoints only: choose another --checkpoint-dir")
     if not entries:
-        if config.resume:
+        if resume:
             raise UserError(f"--resume: no checkpoint in {checkpoints} to resume from")
         return None
     marker = None
@@ -119,9 +105,9 @@ def inspect_checkpoint_dir(checkpoints: Path, config: TrainConfig) -> dict | Non
                             f"remove the directory {checkpoints} or choose another --checkpoint-dir") from None
     folders = _checkpoint_folders(checkpoints)
     last = last_complete_checkpoint(checkpoints)
-    if config.resume and last is None:
+    if resume and last is None:
         raise UserError(f"--resume: no checkpoint in {checkpoints} to resume from")
-    if folders and not config.resume and not config.restart:
+    if folders and not resume and not restart:
         earlier = "a finished run (kept with --keep-checkpoints)" if marker.get("completed") else "an interrupted run"
         if last is None:
             raise UserError(f"--checkpoint-dir {checkpoints} holds only incomplete checkpoints of {earlier}; "
@@ -131,25 +117,9 @@ def inspect_checkpoint_dir(checkpoints: Path, config: TrainConfig) -> dict | Non
     return marker
 
 
-def run_identity(config: TrainConfig, files: dict, label_names: list[str], base_dir: Path, precision: str) -> dict:
-    validation = files.get("validation")
-    return {
-        "data_sha256": files["train"]["sha256"],
-        "validation_data_sha256": validation["sha256"] if validation else None,
-        "text_column": config.text_column, "label_column": config.label_column, "encoding": config.encoding,
-        "label_names": list(label_names), "base_fingerprint": base_fingerprint(base_dir),
-        "lr": config.lr, "batch_size": config.batch_size, "epochs": config.epochs, "max_steps": config.max_steps,
-        "warmup_ratio": config.warmup_ratio, "weight_decay": config.weight_decay, "seed": config.seed,
-        "validation_split": None if validation else config.validation_split, "max_length": config.max_length,
-        "lora_r": config.lora_r, "lora_alpha": config.lora_alpha, "lora_dropout": config.lora_dropout,
-        "target_modules": list(config.target_modules), "precision": precision,
-        "emoticon_dropout": config.emoticon_dropout,
-    }
-
-
-def _shown(key: str, value) -> str:
+def _shown(key: str, value, rules: ResumeRules) -> str:
     if value is None:
-        return "none" if key != "validation_data_sha256" else "none (split off --data)"
+        return rules.unset.get(key, "none")
     if key.endswith("sha256"):
         return value[:12]
     if isinstance(value, list):
@@ -157,19 +127,20 @@ def _shown(key: str, value) -> str:
     return str(value)
 
 
-def claim_checkpoint_dir(checkpoints: Path, marker: dict | None, identity: dict, config: TrainConfig) -> Path | None:
-    """Check that `--resume` continues the same run, discard what `--restart` asks to, and record this run in the
-    marker. Returns the checkpoint to resume from."""
+def claim_checkpoint_dir(checkpoints: Path, marker: dict | None, identity: dict, rules: ResumeRules, *,
+                         resume: bool, restart: bool) -> Path | None:
+    """Check that `--resume` continues the same run (by `rules`), discard what `--restart` asks to, and record this
+    run in the marker. Returns the checkpoint to resume from."""
     resume_from = None
-    if config.resume:
-        old = {**_IDENTITY_DEFAULTS, **marker["identity"]}
-        identity = {**_IDENTITY_DEFAULTS, **identity}  # an identity may leave out what is at its default
-        differ = [k for k in _IDENTITY_NAMES if old.get(k) != identity.get(k)]
-        if marker.get("completed") and set(differ) <= _EXTENSIBLE:
+    if resume:
+        old = {**rules.defaults, **marker["identity"]}
+        identity = {**rules.defaults, **identity}  # an identity may leave out what is at its default
+        differ = [k for k in rules.names if old.get(k) != identity.get(k)]
+        if marker.get("completed") and set(differ) <= rules.extensible:
             differ = []  # training a finished run further: the schedule is the new length's
         if differ:
-            what = "; ".join(f"{_IDENTITY_NAMES[k]} was {_shown(k, old.get(k))}, now {_shown(k, identity.get(k))}"
-                             for k in differ)
+            what = "; ".join(f"{rules.names[k]} was {_shown(k, old.get(k), rules)}, now "
+                             f"{_shown(k, identity.get(k), rules)}" for k in differ)
             raise UserError(f"--resume: the checkpoints in {checkpoints} are of a different run ({what}); "
                             f"resume with the same data and settings, or pass --restart to discard them")
         resume_from = last_complete_checkpoint(checkpoints)
@@ -179,14 +150,14 @@ def claim_checkpoint_dir(checkpoints: Path, marker: dict | None, identity: dict,
                 _remove_checkpoint(folder)
         logger.info("resuming from %s", resume_from)
     elif marker is not None:
-        if config.restart:
+        if restart:
             logger.warning("--restart: discarding the checkpoints in %s", checkpoints)
         for folder in _checkpoint_folders(checkpoints):
             _remove_checkpoint(folder)
     created = marker.get("created_dir", False) if marker is not None else not checkpoints.exists()
     checkpoints.mkdir(parents=True, exist_ok=True)
-    _write_json_atomic(checkpoints / MARKER_FILE, {"tool": "weibo-sentiment", "created_dir": created,
-                                                   "completed": False, "identity": identity})
+    write_json_record(checkpoints / MARKER_FILE, {"tool": "weibo-sentiment", "created_dir": created,
+                                                  "completed": False, "identity": identity})
     return resume_from
 
 
@@ -195,7 +166,7 @@ def release_checkpoint_dir(checkpoints: Path, keep: bool) -> None:
     marker_path = checkpoints / MARKER_FILE
     marker = json.loads(marker_path.read_text(encoding="utf-8"))
     if keep:
-        _write_json_atomic(marker_path, {**marker, "completed": True})
+        write_json_record(marker_path, {**marker, "completed": True})
         return
     for folder in _checkpoint_folders(checkpoints):
         _remove_checkpoint(folder)
@@ -238,7 +209,7 @@ class CheckpointKeeper(TrainerCallback):
             with path.open("rb") as f:
                 os.fsync(f.fileno())
             files[path.relative_to(folder).as_posix()] = path.stat().st_size
-        _write_json_atomic(folder / COMPLETE_FILE, {"global_step": state.global_step, "files": files})
+        write_json_record(folder / COMPLETE_FILE, {"global_step": state.global_step, "files": files})
         evals = [e for e in state.log_history if "eval_macro_f1" in e]
         keep = {folder.name}
         if evals:

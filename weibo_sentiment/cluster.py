@@ -3,7 +3,7 @@
 `predict_dataset(ds, adapters=[...])` turns a Ray Dataset holding a text column into one of predictions (for
 users who already hold a Dataset); `score_files(input, output, ...)` reads CSV/TSV, JSONL or Parquet shards (a
 file, a directory or a glob), scores them and writes Parquet (or CSV/JSONL) shards into the output directory
-(`weibo-sentiment predict --engine ray`). Each actor loads the model once (`export.load_predictor`: torch over
+(`weibo-sentiment predict --engine ray`). Each actor loads the model once (`inference.load_predictor`: torch over
 adapters, or an ONNX export) and uses `cpus_per_worker` torch threads. Ray is an optional extra
 (`pip install 'weibo-sentiment[cluster]'`), imported only here, inside the functions.
 """
@@ -11,19 +11,18 @@ adapters, or an ONNX export) and uses `cpus_per_worker` torch threads. Ray is an
 from __future__ import annotations
 
 import glob
-import json
 import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import UserError
-from .modeling import atomic_dir, check_output_dir
-from .streaming import JSONL_SUFFIXES, PARQUET_SUFFIXES, ROUTING_COLUMN, TABLE_SUFFIXES, output_row
+from .output import SCORES_FILE, atomic_dir, check_output_dir, write_marker
+from .streaming.rows import output_columns, output_row
+from .tables import DELIMITED_FORMATS, ROUTING_COLUMN, codec, delimiter, file_format, output_format
 
 logger = logging.getLogger(__name__)
 
-MARKER_FILE = "weibo_sentiment_scores.json"  # marks an output directory of score_files (modeling.OUTPUT_KINDS)
 MISSING_RAY = "--engine ray needs Ray: pip install 'weibo-sentiment[cluster]'"
 DEFAULT_BATCH_ROWS = 1024  # rows handed to an actor per call (the model's own batches are `model_batch_size`)
 
@@ -45,7 +44,7 @@ class _Scorer:
         import torch
 
         torch.set_num_threads(max(1, threads))  # Ray sets OMP_NUM_THREADS=1 in workers
-        from .export import load_predictor
+        from .inference import load_predictor
 
         self.predictor = load_predictor(adapters or None, backend=backend, model=model, base_model=base_model,
                                         model_dir=model_dir, device=device, calibrated=calibrated,
@@ -54,17 +53,6 @@ class _Scorer:
             self.predictor.use(use)
         self.text_column, self.id_column = text_column, id_column
         self.min_confidence, self.model_batch_size = min_confidence, model_batch_size
-
-    def _columns(self, routing: bool) -> list[str]:
-        p = self.predictor
-        names: list[str] = []
-        for name, info in p.adapters.items():
-            if routing or name == p.default:
-                names += [n for n in info.label_names if n not in names]
-        columns = ([self.id_column] if self.id_column else []) + ([ROUTING_COLUMN] if routing else [])
-        columns += ["text", "label", "label_name", "confidence"]
-        columns += ["uncertain"] if self.min_confidence is not None else []
-        return columns + [f"prob_{n}" for n in names]
 
     def __call__(self, batch):
         import pandas as pd
@@ -85,7 +73,7 @@ class _Scorer:
             preds = self.predictor.predict_routed(texts, names, batch_size=self.model_batch_size)
         else:
             preds = self.predictor.predict(texts, batch_size=self.model_batch_size)
-        columns = self._columns(routing)
+        columns = output_columns(self.predictor, routing, self.id_column, self.min_confidence)
         ids = batch[self.id_column].tolist() if self.id_column else None
         rows = []
         for i, p in enumerate(preds):
@@ -153,11 +141,10 @@ def expand_inputs(pattern: str | Path) -> list[Path]:
 
 
 def _input_kind(path: Path) -> str:
-    suffix = path.suffix.lower()
-    for kind, suffixes in (("csv", TABLE_SUFFIXES), ("jsonl", JSONL_SUFFIXES), ("parquet", PARQUET_SUFFIXES)):
-        if suffix in suffixes:
-            return kind
-    raise UserError(f"{path}: unknown input type (use .csv/.tsv, .jsonl or .parquet shards)")
+    kind = file_format(path)
+    if kind == "txt":
+        raise UserError(f"{path}: unknown input type (use .csv/.tsv, .jsonl or .parquet shards)")
+    return "csv" if kind in DELIMITED_FORMATS else kind
 
 
 def _read(ray, files: list[Path], blocks: int, encoding: str):
@@ -169,20 +156,11 @@ def _read(ray, files: list[Path], blocks: int, encoding: str):
         return ray.data.read_json(paths, lines=True, override_num_blocks=blocks)
     import pyarrow.csv as pacsv
 
-    tsv = files[0].suffix.lower() in (".tsv", ".tab")
-    read = pacsv.ReadOptions(encoding=encoding) if encoding.lower().replace("_", "-") not in (
-        "utf-8", "utf8", "utf-8-sig") else pacsv.ReadOptions()
+    # UTF-8 (with or without a byte-order mark) is pyarrow's own; only other encodings need transcoding
+    read = pacsv.ReadOptions() if codec(encoding) == "utf-8-sig" else pacsv.ReadOptions(encoding=encoding)
     return ray.data.read_csv(paths, override_num_blocks=blocks, read_options=read,
-                             parse_options=pacsv.ParseOptions(delimiter="\t" if tsv else ",", newlines_in_values=True),
+                             parse_options=pacsv.ParseOptions(delimiter=delimiter(files[0]), newlines_in_values=True),
                              convert_options=pacsv.ConvertOptions(strings_can_be_null=False))
-
-
-def output_format(output: Path, fmt: str | None) -> str:
-    if fmt:
-        if fmt not in ("csv", "jsonl", "parquet"):
-            raise UserError(f"unknown output format {fmt!r} (choose csv, jsonl or parquet)")
-        return fmt
-    return {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}.get(output.suffix.lower(), "parquet")
 
 
 def _user_error(exc: BaseException) -> UserError | None:
@@ -218,7 +196,7 @@ def score_files(input: str | Path, output: str | Path, adapters: Sequence[str | 
     output = Path(output)
     files = expand_inputs(input)
     inputs = [("an --input file", p) for p in files] + [("an --adapter", a) for a in adapters or []]
-    fmt = output_format(output, fmt)
+    fmt = output_format(output, fmt, default="parquet")  # (a directory of shards: any name)
     check_output_dir(output, "ray-output", inputs)
     started = False
     if not ray.is_initialized():
@@ -253,8 +231,7 @@ def score_files(input: str | Path, output: str | Path, adapters: Sequence[str | 
             marker = {"rows": rows, "format": fmt, "inputs": [str(p) for p in files],
                       "adapters": [str(a) for a in adapters or []], "model": options.get("model") and
                       str(options["model"]), "id_column": options.get("id_column")}
-            (tmp / MARKER_FILE).write_text(json.dumps(marker, ensure_ascii=False, indent=2) + "\n",
-                                           encoding="utf-8")
+            write_marker(tmp, "ray-output", marker)
         return marker
     finally:
         if started:
@@ -264,7 +241,7 @@ def score_files(input: str | Path, output: str | Path, adapters: Sequence[str | 
 def _count_rows(directory: Path, fmt: str) -> int:
     import pyarrow.dataset as pads
 
-    files = [str(p) for p in sorted(directory.iterdir()) if p.is_file() and p.name != MARKER_FILE]
+    files = [str(p) for p in sorted(directory.iterdir()) if p.is_file() and p.name != SCORES_FILE]
     if not files:
         return 0
     if fmt == "jsonl":

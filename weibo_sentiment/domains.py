@@ -25,9 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .adapter_io import RUN_FILE, WEIGHTS_FILE, read_run
+from .adapter_io import WEIGHTS_FILE, read_run
 from .calibration import fit_validation, softmax
 from .errors import UserError
+from .output import RUN_FILE, atomic_open
 from .quantification import check_domain_sample
 
 logger = logging.getLogger(__name__)
@@ -119,8 +120,6 @@ def domain_path(adapter_dir: str | Path, name: str) -> Path:
 def save_domain(adapter_dir: str | Path, domain: Domain) -> Path:
     """Write `domain` as `domains/NAME.json` in the adapter directory, atomically; an existing file is replaced
     only when it is a domain record (see output.check_output_file)."""
-    from .output import atomic_open
-
     adapter_dir = Path(adapter_dir)
     read_run(adapter_dir)  # an adapter directory of ours, complete
     path = domain_path(adapter_dir, domain.name)

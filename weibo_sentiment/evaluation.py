@@ -9,7 +9,8 @@ import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
 from .calibration import brier, coverage_table, ece, nll, softmax
-from .data import LabelledData, strip_emoticons
+from .data import LabelledData
+from .emoticons import strip_emoticons
 from .errors import file_error
 from .inference import Predictor
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
 
-from .adapter_io import RUN_FILE
-from .modeling import DEFAULT_BASE_MODEL, SOURCE_FILE, load_tokenizer, special_token_ids
+from .modeling import DEFAULT_BASE_MODEL, load_tokenizer, special_token_ids
+from .output import RUN_FILE, SOURCE_FILE
 
 CARD_FILE = "README.md"
 PICTURES = (".png", ".svg", ".jpg", ".jpeg")
@@ -249,6 +249,7 @@ def _render(card_data: ModelCardData, run: dict, kind: str, path: Path, calibrat
         label_names=labels, max_length=run.get("max_length", 128), combination=_combination(run),
         data=_data_section(run), recipe=_recipe_section(run), metrics=_metrics_section(run),
         stripped=_stripped_scores(run), temperature=t, calibration_source=source, calibration_fit=fit,
+        calibration_warning=(run.get("calibration") or {}).get("warning"),
         calibrated_weights=calibrated_weights, random_base=_random_base(run), cli_path=shlex.quote(str(path)),
         code=code, divide_by=None if t is None or t == 1 or calibrated_weights else t, **facts,
     )

@@ -12,10 +12,7 @@ import logging
 import os
 import shutil
 import socket
-import tempfile
 from collections import Counter
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -23,12 +20,12 @@ from transformers import BertTokenizer, GPT2Config, GPT2ForSequenceClassificatio
 
 from .data import DEFAULT_TEXT_COLUMN, read_table
 from .errors import UserError
+from .output import SOURCE_FILE, atomic_dir, check_output_dir, write_marker
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_BASE_MODEL = "uer/gpt2-chinese-cluecorpussmall"
 DEFAULT_MODEL_DIR = Path("models/gpt2-chinese")
-SOURCE_FILE = "weibo_sentiment_source.json"
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 # The exact shape of uer/gpt2-chinese-cluecorpussmall's config.json.
@@ -52,106 +49,6 @@ UER_CONFIG = {
 }
 TINY_CONFIG = {**UER_CONFIG, "n_embd": 128, "n_head": 4, "n_layer": 2, "n_positions": 512, "n_ctx": 512}
 PRESETS = {"uer": UER_CONFIG, "tiny": TINY_CONFIG}
-
-
-# What marks a directory as an artefact of this package, per kind of output: only such a directory is ever
-# replaced (deleted) by a command that writes that kind. Anything else is the user's and is never touched.
-OUTPUT_KINDS = {
-    "adapter": ("an adapter directory written by weibo-sentiment", ("run.json", "adapter_config.json")),
-    "merged": ("a merged model written by weibo-sentiment", ("weibo_sentiment_merge.json",)),
-    "export": ("an ONNX export written by weibo-sentiment", ("export.json",)),
-    "base": ("a base model written by weibo-sentiment", (SOURCE_FILE,)),
-    "ray-output": ("scores written by weibo-sentiment predict --engine ray", ("weibo_sentiment_scores.json",)),
-}
-
-Inputs = Iterable[tuple[str, str | Path | None]]
-
-
-def base_inputs(base_model: str | Path | None, model_dir: str | Path | None = None) -> list[tuple[str, Path]]:
-    """The base model directory a command reads, as an `inputs` entry for `check_output_dir`."""
-    if base_model is not None and Path(base_model).exists():
-        return [("the --base-model directory", Path(base_model))]
-    return [("the --model-dir base model", Path(model_dir))] if model_dir is not None else []
-
-
-def check_output_dir(target: str | Path, kind: str, inputs: Inputs = (), option: str = "--output") -> None:
-    """Refuse (UserError) to write a `kind` output at `target` unless that cannot destroy anything of the user's.
-
-    Allowed: a missing path, an empty directory, or an earlier output of this package of the same `kind`
-    (see OUTPUT_KINDS) — and never the current directory, one of the command's `inputs` ((description, path)
-    pairs) or a directory holding one of them. `option` names the flag to change in the message.
-    """
-    if kind not in OUTPUT_KINDS:
-        raise ValueError(f"unknown output kind {kind!r}")
-    what, markers = OUTPUT_KINDS[kind]
-    target = Path(target)
-    resolved = target.resolve()
-    cwd = Path.cwd().resolve()
-    keep = f"and will not be overwritten; choose another {option}"
-    if resolved == cwd:
-        raise UserError(f"{target}: is the current directory {keep}")
-    if resolved in cwd.parents:
-        raise UserError(f"{target}: holds the current directory {keep}")
-    for description, path in inputs:
-        if path is None:
-            continue
-        source = Path(path).resolve()
-        if resolved == source:
-            raise UserError(f"{target}: is this command's input ({description}) {keep}")
-        if resolved in source.parents:
-            raise UserError(f"{target}: holds this command's input {path} ({description}) {keep}")
-    if target.is_symlink():
-        raise UserError(f"{target}: is a symbolic link and will not be replaced; choose another {option}, "
-                        "or remove it yourself")
-    if target.exists() and not target.is_dir():
-        raise UserError(f"{target}: already exists and is not a directory; choose another {option}, "
-                        "or remove it yourself")
-    if not target.exists() or not any(target.iterdir()):
-        return
-    if not all((target / m).is_file() for m in markers):
-        raise UserError(f"{target}: already exists and is not {what}; choose another {option}, "
-                        "or remove it yourself")
-
-
-def _atomic_dir(target: Path) -> Path:
-    """A fresh temporary directory beside `target`, to be renamed onto it with `replace_dir`."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result should be an ordinary directory
-    return tmp
-
-
-@contextmanager
-def atomic_dir(target: Path, *, kind: str, inputs: Inputs = (), option: str = "--output") -> Iterator[Path]:
-    """A fresh temporary directory beside `target` to fill; when the block completes it replaces `target`, when
-    it fails (or is interrupted) it is removed and `target` is left as it was.
-
-    `target` must pass `check_output_dir(target, kind, inputs, option)`, checked before and again after the
-    block: only an empty directory or an earlier output of the same kind is ever replaced."""
-    inputs = list(inputs)
-    check_output_dir(target, kind, inputs, option)
-    tmp = _atomic_dir(target)
-    try:
-        yield tmp
-        check_output_dir(target, kind, inputs, option)  # the block may have run for minutes
-        replace_dir(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def replace_dir(tmp: Path, target: Path) -> None:
-    """Move a completed directory onto `target`; an existing `target` is replaced, never half-written.
-
-    The old `target` is deleted: callers go through `atomic_dir`, whose check allows only our own artefacts."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-    os.replace(tmp, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def build_vocab_from_data(path: str | Path, text_column: str = DEFAULT_TEXT_COLUMN, encoding: str = "utf-8",
@@ -225,9 +122,9 @@ def init_model(
         torch.manual_seed(seed)
         model = GPT2LMHeadModel(config)
         model.save_pretrained(tmp, safe_serialization=True)
-        # The mark of a base model written by this package (see OUTPUT_KINDS); no "base_model" key: not a download.
+        # The mark of a base model written by this package (output.DIR_KINDS); no "base_model" key: not a download.
         source = {"init_model": preset if config_file is None else "custom", "seed": seed}
-        (tmp / SOURCE_FILE).write_text(json.dumps(source) + "\n")
+        write_marker(tmp, "base", source)
     n = sum(p.numel() for p in model.transformer.parameters())
     logger.info("wrote a random %s GPT-2 (%.1fM parameters, vocabulary %d) to %s", preset, n / 1e6, len(vocab), output)
     return output
@@ -334,7 +231,7 @@ def download_base_model(hub_id: str, model_dir: Path) -> Path:
             if isinstance(vocab, str) and not (tmp / "vocab.txt").exists():
                 shutil.copyfile(vocab, tmp / "vocab.txt")
             model.save_pretrained(tmp, safe_serialization=True)
-            (tmp / SOURCE_FILE).write_text(json.dumps({"base_model": hub_id}) + "\n")
+            write_marker(tmp, "base", {"base_model": hub_id})
     finally:
         for log, level in zip(http_loggers, levels):
             log.setLevel(level)

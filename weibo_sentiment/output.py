@@ -1,7 +1,9 @@
-"""Writing result files atomically: a temporary file beside the target, renamed when complete.
+"""Every write of the package: result files, artefact directories and progress records, each made complete beside
+its target and renamed into place, and each replacing only something of ours.
 
-An existing file is replaced only when it is one of ours of the same kind (a predictions table, a metrics
-JSON) and not one of the command's inputs: a user's other files are never overwritten.
+An existing file is replaced only when it is one of ours of the same kind (a predictions table, a metrics JSON, a
+picture) and not one of the command's inputs; an existing directory only when it is empty or carries the marker
+files of an artefact of the same kind (`DIR_KINDS`). A user's other files are never overwritten.
 """
 
 from __future__ import annotations
@@ -9,15 +11,18 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import sys
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, NamedTuple
 
 from .errors import UserError
+from .tables import file_format
 
+# ---- what is ours: result files ------------------------------------------------------------------------
 # What an output of each kind starts with: enough to recognise our own earlier result.
 PREDICTION_COLUMNS = {"label_name", "confidence"}
 JSON_KINDS = {"metrics": {"accuracy", "macro_f1", "confusion_matrix"},
@@ -25,8 +30,31 @@ JSON_KINDS = {"metrics": {"accuracy", "macro_f1", "confusion_matrix"},
               "domain": {"domain", "temperature", "logits", "labels"}}
 REPORT_COLUMNS = {"n", "method", "domain"}  # every table `report` writes (CSV, Parquet; JSON: its "rows")
 KIND_NAMES = {"predictions": "a predictions file", "metrics": "a metrics file", "loadtest": "a load-test report",
-              "plot": "a picture", "domain": "a domain record", "report": "a report table"}
-# plot: a PNG with our Software text chunk (plots.is_our_png)
+              "plot": "a picture",  # plot: a PNG with our Software text chunk (is_our_png)
+              "domain": "a domain record", "report": "a report table"}
+SOFTWARE = "weibo-sentiment"  # the PNG `Software` text chunk of every picture we write
+
+
+def is_our_png(head: bytes) -> bool:
+    """True when `head` (the first bytes of a file) is a PNG with our `Software` text chunk before its image
+    data: a picture this package wrote. Any other PNG is the user's."""
+    if not head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return False
+    at = 8
+    while at + 8 <= len(head):
+        length = int.from_bytes(head[at:at + 4], "big")
+        kind = head[at + 4:at + 8]
+        data = head[at + 8:at + 8 + length]
+        if kind in (b"IDAT", b"IEND") or len(data) < length:
+            return False
+        if kind in (b"tEXt", b"iTXt"):
+            key, _, value = data.partition(b"\0")
+            if kind == b"iTXt":  # compression flag, method, language\0, translated keyword\0, text
+                value = value[2:].split(b"\0", 2)[-1] if value[:1] == b"\0" else b""
+            if key == b"Software" and value.startswith(SOFTWARE.encode()):
+                return True
+        at += 12 + length
+    return False
 
 
 def _head(path: Path, size: int = 65536) -> str:
@@ -38,8 +66,6 @@ def _is_ours(path: Path, kind: str) -> bool:
     if path.stat().st_size == 0:
         return True  # nothing in it to lose
     if kind == "plot":
-        from .plots import is_our_png
-
         with path.open("rb") as f:
             return is_our_png(f.read(65536))
     head = _head(path)
@@ -102,6 +128,85 @@ def check_output_file(path: str | Path, kind: str, inputs: Iterable[str | Path] 
     return path
 
 
+# ---- what is ours: artefact directories ----------------------------------------------------------------
+RUN_FILE = "run.json"  # an adapter's labels, training data, recipe and metrics
+MERGE_FILE = "weibo_sentiment_merge.json"  # a merged model's provenance
+EXPORT_FILE = "export.json"  # an ONNX export's label names, max length, precision and provenance
+SOURCE_FILE = "weibo_sentiment_source.json"  # where a base model came from (download, init-model, adapt-base)
+SCORES_FILE = "weibo_sentiment_scores.json"  # what a Ray scoring run wrote (rows, adapters, format)
+
+
+class DirKind(NamedTuple):
+    what: str  # how a refusal names it
+    markers: tuple[str, ...]  # all present in such a directory; the first is the record `write_marker` writes
+
+
+# What marks a directory as an artefact of this package, per kind of output: only such a directory is ever
+# replaced (deleted) by a command that writes that kind. Anything else is the user's and is never touched.
+DIR_KINDS = {
+    "adapter": DirKind("an adapter directory written by weibo-sentiment", (RUN_FILE, "adapter_config.json")),
+    "merged": DirKind("a merged model written by weibo-sentiment", (MERGE_FILE,)),
+    "export": DirKind("an ONNX export written by weibo-sentiment", (EXPORT_FILE,)),
+    "base": DirKind("a base model written by weibo-sentiment", (SOURCE_FILE,)),
+    "ray-output": DirKind("scores written by weibo-sentiment predict --engine ray", (SCORES_FILE,)),
+}
+
+Inputs = Iterable[tuple[str, str | Path | None]]
+
+
+def base_inputs(base_model: str | Path | None, model_dir: str | Path | None = None) -> list[tuple[str, Path]]:
+    """The base model directory a command reads, as an `inputs` entry for `check_output_dir`."""
+    if base_model is not None and Path(base_model).exists():
+        return [("the --base-model directory", Path(base_model))]
+    return [("the --model-dir base model", Path(model_dir))] if model_dir is not None else []
+
+
+def check_output_dir(target: str | Path, kind: str, inputs: Inputs = (), option: str = "--output") -> None:
+    """Refuse (UserError) to write a `kind` output at `target` unless that cannot destroy anything of the user's.
+
+    Allowed: a missing path, an empty directory, or an earlier output of this package of the same `kind`
+    (see DIR_KINDS) — and never the current directory, one of the command's `inputs` ((description, path)
+    pairs) or a directory holding one of them. `option` names the flag to change in the message.
+    """
+    if kind not in DIR_KINDS:
+        raise ValueError(f"unknown output kind {kind!r}")
+    what, markers = DIR_KINDS[kind]
+    target = Path(target)
+    resolved = target.resolve()
+    cwd = Path.cwd().resolve()
+    keep = f"and will not be overwritten; choose another {option}"
+    if resolved == cwd:
+        raise UserError(f"{target}: is the current directory {keep}")
+    if resolved in cwd.parents:
+        raise UserError(f"{target}: holds the current directory {keep}")
+    for description, path in inputs:
+        if path is None:
+            continue
+        source = Path(path).resolve()
+        if resolved == source:
+            raise UserError(f"{target}: is this command's input ({description}) {keep}")
+        if resolved in source.parents:
+            raise UserError(f"{target}: holds this command's input {path} ({description}) {keep}")
+    if target.is_symlink():
+        raise UserError(f"{target}: is a symbolic link and will not be replaced; choose another {option}, "
+                        "or remove it yourself")
+    if target.exists() and not target.is_dir():
+        raise UserError(f"{target}: already exists and is not a directory; choose another {option}, "
+                        "or remove it yourself")
+    if not target.exists() or not any(target.iterdir()):
+        return
+    if not all((target / m).is_file() for m in markers):
+        raise UserError(f"{target}: already exists and is not {what}; choose another {option}, "
+                        "or remove it yourself")
+
+
+# ---- writing in place of what is ours ------------------------------------------------------------------
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 @contextmanager
 def atomic_open(path: str | Path, mode: str = "w", encoding: str = "utf-8", kind: str = "predictions",
                 inputs: Iterable[str | Path] = ()):
@@ -109,9 +214,7 @@ def atomic_open(path: str | Path, mode: str = "w", encoding: str = "utf-8", kind
     `check_output_file` allows it)."""
     path = check_output_file(path, kind, inputs)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # an ordinary file for the user, not mkstemp's private 0600
+    os.chmod(tmp, 0o666 & ~_umask())  # an ordinary file for the user, not mkstemp's private 0600
     try:
         with os.fdopen(fd, mode, encoding=encoding, newline="" if "b" not in mode else None) as f:
             yield f
@@ -121,6 +224,94 @@ def atomic_open(path: str | Path, mode: str = "w", encoding: str = "utf-8", kind
         raise
 
 
+def replace_file(complete: Path, path: Path, kind: str, inputs: Iterable[str | Path] = ()) -> None:
+    """Rename the finished file `complete` onto `path`, checked first (`check_output_file`): the file may have
+    been written for minutes, or over several runs, and `path` must still be ours to replace."""
+    check_output_file(path, kind, inputs)
+    os.replace(complete, path)
+
+
+def _dir_beside(target: Path) -> Path:
+    """A fresh temporary directory beside `target`, to be renamed onto it with `replace_dir`."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the result should be an ordinary directory
+    return tmp
+
+
+@contextmanager
+def atomic_dir(target: Path, *, kind: str, inputs: Inputs = (), option: str = "--output") -> Iterator[Path]:
+    """A fresh temporary directory beside `target` to fill; when the block completes it replaces `target`, when
+    it fails (or is interrupted) it is removed and `target` is left as it was.
+
+    `target` must pass `check_output_dir(target, kind, inputs, option)`, checked before and again after the
+    block: only an empty directory or an earlier output of the same kind is ever replaced."""
+    inputs = list(inputs)
+    check_output_dir(target, kind, inputs, option)
+    tmp = _dir_beside(target)
+    try:
+        yield tmp
+        check_output_dir(target, kind, inputs, option)  # the block may have run for minutes
+        replace_dir(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def replace_dir(tmp: Path, target: Path) -> None:
+    """Move a completed directory onto `target`; an existing `target` is replaced, never half-written.
+
+    The old `target` is deleted: callers go through `atomic_dir`, whose check allows only our own artefacts."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+    os.replace(tmp, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def write_marker(directory: str | Path, kind: str, record: dict) -> Path:
+    """Write `record` as the JSON file that marks `directory` as an artefact of `kind` (see DIR_KINDS)."""
+    path = Path(directory) / DIR_KINDS[kind].markers[0]
+    path.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path
+
+
+# ---- records that survive a crash ----------------------------------------------------------------------
+def fsync_dir(path: Path) -> None:
+    """Make the renames and removals in the directory `path` durable (where the system allows it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def synced_file(path: Path) -> Iterator[Path]:
+    """A temporary name beside `path` (`NAME.tmp`) to write; when the block completes the file is fsynced and
+    renamed onto `path`, so a process killed at any moment leaves `path` whole, old or new."""
+    tmp = path.with_name(path.name + ".tmp")
+    yield tmp
+    with tmp.open("rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_json_record(path: Path, record: dict) -> None:
+    """`record` as JSON at `path`, fsynced and atomically replaced: a progress or ownership record that a
+    later run (a resume) must find whole."""
+    with synced_file(path) as tmp:
+        tmp.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    fsync_dir(path.parent)
+
+
+# ---- tables and reports --------------------------------------------------------------------------------
 def write_rows(rows: Iterable[dict], f: IO[str], fmt: str) -> None:
     rows = list(rows)
     if fmt == "jsonl":
@@ -141,8 +332,8 @@ def write_table(rows: Iterable[dict], path: str | Path | None, fmt: str | None =
     if path is None or str(path) == "-":
         write_rows(rows, sys.stdout, fmt or "jsonl")
         return
-    suffix = Path(path).suffix.lower().lstrip(".")
-    fmt = fmt or {"csv": "csv", "jsonl": "jsonl", "json": "jsonl"}.get(suffix)
+    found = file_format(Path(path))
+    fmt = fmt or (found if found in ("csv", "jsonl") else None)
     if fmt is None:
         raise UserError(f"{path}: unknown output type (use a .csv or .jsonl file name)")
     with atomic_open(path, kind="predictions", inputs=inputs) as f:

@@ -17,9 +17,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .adapter_io import read_run
 from .calibration import softmax
 from .domains import DEFAULT_DOMAIN, DEFAULT_DOMAIN_NOTE, Domain, load_domain
 from .errors import UserError
+from .output import atomic_open, check_output_file
 from .quantification import DEFAULT_BOOTSTRAP, DEFAULT_METHOD, METHODS, Quantifier
 from .share_input import (
     bucket_frequency,
@@ -123,9 +125,6 @@ def report(data: str | Path, adapter: str | Path = "best_weibo_sentiment_lora", 
 def check_request(data, adapter, method, confidence, time_column, every, group_column, text_column, encoding,
                   scored_with, output, plot, n_bootstrap) -> Request:
     """Every argument checked before any reading or scoring: one line for the first problem."""
-    from .adapter_io import read_run
-    from .output import check_output_file
-
     if method not in METHODS:
         raise UserError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
     if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not 0 < confidence < 1:
@@ -171,8 +170,6 @@ def find_prob_columns(request: Request, domain: Domain) -> None:
 
 
 def run_temperature(adapter: Path) -> float:
-    from .adapter_io import read_run
-
     return float(read_run(adapter).get("temperature", 1.0))
 
 
@@ -280,8 +277,6 @@ def bucket_table(buckets: Buckets, quantifier: Quantifier, request: Request, dom
 def write_report(frame: pd.DataFrame, path: str | Path, inputs=()) -> Path:
     """`frame` to `path` by its suffix (.csv, .json with the report's settings, .parquet), atomically; only a
     table of ours is ever replaced."""
-    from .output import atomic_open
-
     path = Path(path)
     kind = OUTPUT_SUFFIXES.get(path.suffix.lower())
     if kind is None:

@@ -3,8 +3,8 @@ counted share as a thin line; one panel per label shown, one colour per group.
 
 With two labels one panel says everything (the other share is its complement), so only the first label is drawn
 (negative, for the Weibo labels): the analyst's usual question. Without a time column, each group is a point with
-its interval as an error bar. Chinese label and group names are drawn with a CJK font (plots.cjk_font); the PNG
-carries plots' `Software` text chunk, so a later report may replace it and nothing else.
+its interval as an error bar. Chinese label and group names are drawn with a CJK font (fonts.Fonts); the PNG
+carries output's `Software` text chunk, so a later report may replace it and nothing else.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .plots import SOFTWARE, cjk_font
+from .fonts import Fonts
+from .output import SOFTWARE, atomic_open
 
 MAX_GROUPS_DRAWN = 8  # more lines than this are unreadable on one panel: the largest groups are drawn
 COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive")
@@ -46,10 +47,8 @@ def trend_figure(frame: pd.DataFrame, path: str | Path, title: str | None = None
     groups = groups_drawn(frame)
     title = title or (f"{attrs['method'].upper()}-corrected shares, domain '{attrs['domain']}' "
                       f"({attrs['domain_rows']} labelled posts), {attrs['confidence']:.0%} intervals")
-    texts = [title, *labels, *(str(g) for g in groups if g is not None)]
-    font = cjk_font(texts)
-    families = ["DejaVu Sans"] + ([font[0]] if font else [])
-    with matplotlib.rc_context({"font.family": families, "axes.unicode_minus": True}):
+    fonts = Fonts([title, *labels, *(str(g) for g in groups if g is not None)])
+    with matplotlib.rc_context(fonts.rc()):
         fig = Figure(figsize=(10, 4.2 * len(labels) + 0.6), dpi=100, layout="constrained")
         FigureCanvasAgg(fig)
         axes = fig.subplots(len(labels), 1, squeeze=False)[:, 0]
@@ -68,8 +67,6 @@ def trend_figure(frame: pd.DataFrame, path: str | Path, title: str | None = None
         fig.suptitle(title, fontsize="medium")
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", metadata={"Software": SOFTWARE, "Title": "report trend"})
-    from .output import atomic_open
-
     with atomic_open(path, "wb", encoding=None, kind="plot") as f:
         f.write(buffer.getvalue())
     return Path(path)

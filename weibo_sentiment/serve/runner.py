@@ -67,7 +67,7 @@ def serve(
     sock = bind_socket(host, port)  # before loading the model: a busy port fails fast
     with sock:
         _set_threads(threads)
-        from ..export import load_predictor
+        from ..inference.backends import load_predictor
 
         predictor = load_predictor(adapters, backend=backend, model=model, base_model=base_model,
                                    model_dir=model_dir, device=device, calibrated=calibrated,

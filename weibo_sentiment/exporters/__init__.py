@@ -1,0 +1,1 @@
+"""Exports of a trained adapter to formats that predict without PEFT (ONNX: `exporters.onnx`)."""
