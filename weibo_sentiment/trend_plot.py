@@ -10,6 +10,7 @@ carries output's `Software` text chunk, so a later report may replace it and not
 from __future__ import annotations
 
 import io
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -48,8 +49,8 @@ def trend_figure(frame: pd.DataFrame, path: str | Path, title: str | None = None
     title = title or (f"{attrs['method'].upper()}-corrected shares, domain '{attrs['domain']}' "
                       f"({attrs['domain_rows']} labelled posts), {attrs['confidence']:.0%} intervals")
     fonts = Fonts([title, *labels, *(str(g) for g in groups if g is not None)])
-    with matplotlib.rc_context(fonts.rc()):
-        fig = Figure(figsize=(10, 4.2 * len(labels) + 0.6), dpi=100, layout="constrained")
+    with matplotlib.rc_context({**fonts.rc(), "font.size": 9}):
+        fig = Figure(figsize=(11, 3.8 * len(labels) + 0.6), dpi=100, layout="constrained")
         FigureCanvasAgg(fig)
         axes = fig.subplots(len(labels), 1, squeeze=False)[:, 0]
         for ax, label in zip(axes, labels):
@@ -63,8 +64,8 @@ def trend_figure(frame: pd.DataFrame, path: str | Path, title: str | None = None
             ax.set_ylabel(f"share of posts: {label}")
             ax.set_ylim(0, 1)
             ax.grid(alpha=0.3)
-            ax.legend(loc="best", fontsize="small")
-        fig.suptitle(title, fontsize="medium")
+            ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")  # beside, never over, the data
+        fig.suptitle("\n".join(textwrap.wrap(title, 110)), fontsize="medium")
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", metadata={"Software": SOFTWARE, "Title": "report trend"})
     with atomic_open(path, "wb", encoding=None, kind="plot") as f:
@@ -88,10 +89,13 @@ def draw_over_time(ax, frame: pd.DataFrame, label: str, groups: list) -> None:
             legend = f"fewer than {frame.attrs['min_bucket_posts']} posts" if group == groups[0] else None
             ax.plot(pd.to_datetime(few["bucket"]).to_numpy(), few[f"share_{label}"], linestyle="none", marker="o",
                     markersize=7, markerfacecolor="none", color=colour, label=legend)
+    from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
+
+    ax.margins(x=0.01)
+    locator = AutoDateLocator()
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
     ax.set_xlabel(f"bucket start (every {frame.attrs['every']})")
-    for tick in ax.get_xticklabels():
-        tick.set_rotation(30)
-        tick.set_horizontalalignment("right")
 
 
 def draw_per_group(ax, frame: pd.DataFrame, label: str, groups: list) -> None:

@@ -243,24 +243,31 @@ def scale_files(cache: Path, adapter: Path, logits: dict) -> tuple[Path, dict[in
     return copy, files
 
 
+SCALE_CHILD = """
+import json, resource, sys, time
+from weibo_sentiment import report
+imported = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+start = time.perf_counter()
+frame = report(sys.argv[1], sys.argv[2], domain="weibo1000", time_column="time", every="1d", output=sys.argv[3])
+print(json.dumps({"seconds": time.perf_counter() - start, "buckets": len(frame), "rss_after_import_mb": imported,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
 def measure_scale(cache: Path, adapter: Path, logits: dict) -> dict:
+    """`report` on each scored file in a fresh process that measures itself: a forked child's ru_maxrss as seen
+    by its parent starts at the parent's size (946 MB here), whatever the child does."""
     copy, files = scale_files(cache, adapter, logits)
     out = {}
     for rows, path in files.items():
-        target = cache / f"report-{rows}.csv"
-        code = ("from weibo_sentiment import report; import sys; "
-                f"report({str(path)!r}, {str(copy)!r}, domain='weibo1000', time_column='time', every='1d', "
-                f"output={str(target)!r})")
-        start = time.perf_counter()
-        child = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "OMP_NUM_THREADS": "1"})
-        _, status, usage = os.wait4(child.pid, 0)
-        seconds = time.perf_counter() - start
-        if status:
-            raise SystemExit(f"report on {path} failed (status {status})")
-        out[str(rows)] = {"rows": rows, "buckets": 30, "seconds": round(seconds, 1),
-                          "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
-                          "file_mb": round(path.stat().st_size / 2**20, 1)}
-        logger.info("report on %d rows: %.1f s, peak RSS %.0f MB", rows, seconds, usage.ru_maxrss / 1024)
+        command = [sys.executable, "-c", SCALE_CHILD, str(path), str(copy), str(cache / f"report-{rows}.csv")]
+        child = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+        if child.returncode:
+            raise SystemExit(f"report on {path} failed: {child.stderr[-2000:]}")
+        measured = json.loads(child.stdout.strip().splitlines()[-1])
+        out[str(rows)] = {"rows": rows, "file_mb": round(path.stat().st_size / 2**20, 1),
+                          **{k: round(v, 1) if isinstance(v, float) else v for k, v in measured.items()}}
+        logger.info("report on %d rows: %s", rows, out[str(rows)])
     return out
 
 
