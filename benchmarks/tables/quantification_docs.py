@@ -24,43 +24,42 @@ def fixed(results: dict) -> dict:
     return {k: v for k, v in results.items() if not k.endswith("/draws")}
 
 
+def markdown(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
 def draws_table(results: dict) -> list[str]:
-    lines = ["| setting | method | coverage of 95% intervals | mean width | mean abs error | worst | estimates |",
-             "|---|---|---|---|---|---|---|"]
-    for key, r in results.items():
-        if key.endswith("/draws"):
-            for method, m in r.items():
-                lines.append(f"| {setting_name(key)} | {method} | {m['coverage']:.3f} | {m['mean_width']:.3f} "
-                             f"| {m['mean_abs_error']:.4f} | {m['worst_abs_error']:.3f} | {m['estimates']} |")
-    return lines
+    rows = [[setting_name(key), method, f"{m['coverage']:.3f}", f"{m['mean_width']:.3f}",
+             f"{m['mean_abs_error']:.4f}", f"{m['worst_abs_error']:.3f}", str(m["estimates"])]
+            for key, r in results.items() if key.endswith("/draws") for method, m in r.items()]
+    return markdown(["setting", "method", "coverage of 95% intervals", "mean width", "mean abs error", "worst",
+                     "estimates"], rows)
 
 
 def summary_table(results: dict) -> list[str]:
-    lines = ["| setting | accuracy | CC mean / worst | PACC mean / worst | ACC mean | PCC mean | EMQ mean "
-             "| PACC coverage / width | ACC coverage / width |", "|---|---|---|---|---|---|---|---|---|"]
-    for key, r in fixed(results).items():
-        m = r["methods"]
-        lines.append(
-            f"| {setting_name(key)} | {r['test_accuracy']:.3f} "
-            f"| {m['cc']['mean_abs_error']:.3f} / {m['cc']['worst_abs_error']:.2f} "
-            f"| {m['pacc']['mean_abs_error']:.3f} / {m['pacc']['worst_abs_error']:.2f} "
-            f"| {m['acc']['mean_abs_error']:.3f} | {m['pcc']['mean_abs_error']:.3f} | {m['emq']['mean_abs_error']:.3f} "
-            f"| {m['pacc']['coverage']:.2f} / {m['pacc']['mean_width']:.3f} "
-            f"| {m['acc']['coverage']:.2f} / {m['acc']['mean_width']:.3f} |")
-    return lines
+    def cell(m: dict, method: str, *keys: str) -> str:
+        return " / ".join(f"{m[method][k]:.3f}" for k in keys)
+
+    error, worst, cover = ("mean_abs_error",), ("mean_abs_error", "worst_abs_error"), ("coverage", "mean_width")
+    columns = (("cc", worst), ("pacc", worst), ("acc", error), ("pcc", error), ("emq", error), ("pacc", cover),
+               ("acc", cover))
+    rows = [[setting_name(key), f"{r['test_accuracy']:.3f}", *(cell(r["methods"], m, *keys) for m, keys in columns)]
+            for key, r in fixed(results).items()]
+    return markdown(["setting", "accuracy", "CC mean / worst", "PACC mean / worst", "ACC mean", "PCC mean", "EMQ mean",
+                     "PACC coverage / width", "ACC coverage / width"], rows)
 
 
 def full_table(results: dict) -> list[str]:
-    lines = ["| setting | method | mean abs error | worst | coverage of 95% intervals | mean width | clipped "
-             "| ms per bucket |", "|---|---|---|---|---|---|---|---|"]
+    rows = []
     for key, r in fixed(results).items():
         for method in METHODS:
             m = r["methods"][method]
             of = m.get("interval_estimates", 570)
-            lines.append(f"| {setting_name(key)} | {method} | {m['mean_abs_error']:.4f} | {m['worst_abs_error']:.3f} "
-                         f"| {m['coverage']:.3f}{'' if of == 570 else f' (of {of})'} | {m['mean_width']:.3f} "
-                         f"| {m['clipped']} | {m['ms_per_bucket']:.0f} |")
-    return lines
+            rows.append([setting_name(key), method, f"{m['mean_abs_error']:.4f}", f"{m['worst_abs_error']:.3f}",
+                         f"{m['coverage']:.3f}" + ("" if of == 570 else f" (of {of})"), f"{m['mean_width']:.3f}",
+                         str(m["clipped"]), f"{m['ms_per_bucket']:.0f}"])
+    return markdown(["setting", "method", "mean abs error", "worst", "coverage of 95% intervals", "mean width",
+                     "clipped", "ms per bucket"], rows)
 
 
 def goals(results: dict, method: str) -> list[str]:
@@ -86,12 +85,10 @@ def goals(results: dict, method: str) -> list[str]:
 def scale_lines(scale: dict) -> list[str]:
     if not scale:
         return ["(not measured in this run)"]
-    lines = ["| scored rows | file | buckets | report time | peak RSS | of which after `import weibo_sentiment` |",
-             "|---|---|---|---|---|---|"]
-    for s in scale.values():
-        lines.append(f"| {s['rows']:,} | {s['file_mb']} MB | {s['buckets']} | {s['seconds']} s | {s['peak_rss_mb']} MB "
-                     f"| {s['rss_after_import_mb']} MB |")
-    return lines
+    rows = [[f"{s['rows']:,}", f"{s['file_mb']} MB", str(s["buckets"]), f"{s['seconds']} s", f"{s['peak_rss_mb']} MB",
+             f"{s['rss_after_import_mb']} MB"] for s in scale.values()]
+    return markdown(["scored rows", "file", "buckets", "report time", "peak RSS",
+                     "of which after `import weibo_sentiment`"], rows)
 
 
 def write_docs(record: dict, docs: Path) -> None:
@@ -112,11 +109,18 @@ def write_docs(record: dict, docs: Path) -> None:
         f"({record['validation_rows']:,} posts with emoticons, what `train` stores as domain `validation`). "
         f"Errors are absolute errors of the positive share; intervals are {record['bootstrap']}-resample 95% "
         "intervals (the labelled sample and the bucket resampled together). Accuracy: of the adapter on the test "
-        "posts of that kind.",
+        "posts of that kind."
+        + (" The second adapter is the README recipe with `--emoticon-dropout 0.5` on the same tiny base: the issue "
+           "asks for the adapted base of docs/adaptation.md with it, but adapt-base's 1,000 steps ran at 20 to 60 s "
+           "a step on this shared CPU, hours more than the session had." if "dropout" in record["adapters"] else ""),
         "",
         f"Machine: {m0['cpu']} ({m0['cpus']} CPUs shared with other jobs; load average {m0['load_average'][0]} at "
         f"the start, {m1['load_average'][0]} at the end), OMP_NUM_THREADS={m0['omp_num_threads']}; "
-        f"{record['seconds']} s in all. Command: `{record['command']}`.",
+        f"{record['seconds']} s in all" + (f" (the {record['cached_settings']} settings above taken from the cache "
+                                           "of earlier runs of the same command, one setting at a time, on the "
+                                           "same machine: their ms per bucket are from those runs)"
+                                           if record.get("cached_settings") else "")
+        + f". Command: `{record['command']}`.",
         "",
         "## Summary",
         "",

@@ -196,6 +196,7 @@ def run_draws(logits: dict, emoticons: str, bootstrap: int) -> dict:
 def measure_accuracy(args, adapters: dict, cache: Path, texts: dict) -> dict:
     results_path = cache / f"results-b{args.bootstrap}.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    args.cached_settings = len(results)
     for name, adapter in adapters.items():
         logits = score(name, adapter, texts, cache)
         samples = draw_samples(logits["test_labels"], np.random.default_rng(SEED))
@@ -343,7 +344,7 @@ def main() -> None:
                             ROOT / "docs")
     record = {"command": "OMP_NUM_THREADS=1 python benchmarks/tables/quantification_table.py " + " ".join(sys.argv[1:]),
               "machine_at_start": load_start, "machine_at_end": machine(),
-              "seconds": round(time.perf_counter() - start),
+              "seconds": round(time.perf_counter() - start), "cached_settings": args.cached_settings,
               "bootstrap": args.bootstrap, "shares": SHARES.tolist(), "sample_size": SAMPLE_SIZE,
               "samples_per_share": SAMPLES_PER_SHARE, "domain_rows": DOMAIN_ROWS,
               "validation_rows": int(len(texts["validation"][1])), "test_rows": int(len(texts["test"][1])),
