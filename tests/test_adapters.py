@@ -385,6 +385,10 @@ def test_adapters_info(cli, sample_adapter, tiny_base):
           if run.get("validation_stripped") else []),
         *([f"calibrated  temperature {run['temperature']:.4g} (predict, evaluate and serve divide the logits by it)"]
           if run.get("temperature") is not None else []),
+        # train's default domain, its validation split (weibo_sentiment.domains)
+        f"domains     validation: {run['rows']['validation']} labelled rows ("
+        f"{details['domains'][0]['counts']['negative']} negative, {details['domains'][0]['counts']['positive']} "
+        f"positive), temperature {run['temperature']:.4g}",
     ]
     as_json = json.loads(cli("adapters", "info", sample_adapter, "--json").out)
     assert as_json["label_names"] == ["negative", "positive"] and as_json["file_bytes"] == size

@@ -15,6 +15,7 @@ from safetensors import safe_open
 
 from .adapter_io import SAVE_DTYPES, WEIGHTS_FILE, package_versions, read_run
 from .adapter_store import save_adapter
+from .domains import list_domains
 from .errors import UserError
 from .inference import Predictor, parse_adapter_specs
 from .model_card import merged_card, write_card
@@ -296,5 +297,6 @@ def info(path: str | Path) -> dict:
         "validation_stripped": run.get("validation_stripped"),
         "temperature": run.get("temperature"),
         "combination": run.get("combination"),
+        "domains": list_domains(path),
         "run_file": str(path / RUN_FILE),
     }

@@ -26,12 +26,15 @@ from .tables import file_format
 # What an output of each kind starts with: enough to recognise our own earlier result.
 PREDICTION_COLUMNS = {"label_name", "confidence"}
 JSON_KINDS = {"metrics": {"accuracy", "macro_f1", "confusion_matrix"},
-              "loadtest": {"requests", "latency_ms", "requests_per_s"}}
+              "loadtest": {"requests", "latency_ms", "requests_per_s"},
+              "domain": {"domain", "temperature", "logits", "labels"}}
+REPORT_COLUMNS = {"n", "method", "domain"}  # every table `report` writes (CSV, Parquet; JSON: its "rows")
 # CSV kinds by header columns: feedback export's training CSV, select's posts to label.
 CSV_KINDS = {"feedback": {"label", "review", "corrected_at"}, "to-label": {"predicted_label", "confidence", "label"}}
 KIND_NAMES = {"predictions": "a predictions file", "metrics": "a metrics file", "loadtest": "a load-test report",
               "plot": "a picture",  # plot: a PNG with our Software text chunk (is_our_png)
-              "feedback": "a feedback export", "to-label": "a file of posts to label"}
+              "feedback": "a feedback export", "to-label": "a file of posts to label",
+              "domain": "a domain record", "report": "a report table"}
 SOFTWARE = "weibo-sentiment"  # the PNG `Software` text chunk of every picture we write
 
 
@@ -69,6 +72,8 @@ def _is_ours(path: Path, kind: str) -> bool:
         with path.open("rb") as f:
             return is_our_png(f.read(65536))
     head = _head(path)
+    if kind == "report":
+        return _is_our_report(path, head)
     first = head.lstrip("\ufeff").split("\n", 1)[0].strip()
     if kind == "predictions" and head.startswith("PAR1"):  # a Parquet table (predict --output X.parquet)
         try:
@@ -92,6 +97,21 @@ def _is_ours(path: Path, kind: str) -> bool:
         except (ValueError, TypeError, UnicodeDecodeError):
             return False
     raise ValueError(f"unknown output kind {kind!r}")
+
+
+def _is_our_report(path: Path, head: str) -> bool:
+    """A table `report` wrote: Parquet or CSV with its columns, or JSON with its `report` and `rows`."""
+    try:
+        if head.startswith("PAR1"):
+            import pyarrow.parquet as pq
+
+            return REPORT_COLUMNS <= set(pq.read_schema(path).names)
+        if head.lstrip().startswith("{"):
+            return {"report", "rows"} <= set(json.loads(path.read_text(encoding="utf-8")))
+    except Exception:  # pyarrow's or json's errors for a damaged or foreign file
+        return False
+    first = head.lstrip("\ufeff").split("\n", 1)[0].strip()
+    return REPORT_COLUMNS <= set(next(csv.reader([first]), []))
 
 
 def check_output_file(path: str | Path, kind: str, inputs: Iterable[str | Path] = ()) -> Path:

@@ -24,6 +24,7 @@ from .calibration import fit_validation
 from .checkpoints import CheckpointKeeper, ResumeRules, load_checkpoint_weights
 from .data import DEFAULT_LABEL_COLUMN, LabelledData, load_labelled, stratified_split
 from .distributed import Ranks
+from .domains import validation_domain_extras
 from .emoticons import strip_emoticons
 from .errors import UserError
 from .modeling import load_classifier, load_tokenizer, resolve_base_model
@@ -300,15 +301,16 @@ def best_epochs(trainer: Trainer, model: torch.nn.Module, checkpoints: Path, ran
     return epochs
 
 
-def calibrate(trainer: Trainer, collator: PaddedBatches, val_set: list[dict]) -> tuple[float, dict]:
+def calibrate(trainer: Trainer, collator: PaddedBatches, val_set: list[dict]) -> tuple[float, dict, object]:
     """Temperature scaling on the validation split with the best weights: every prediction path divides the
     logits by it, so the reported confidence means what it says (see calibration.py). With several processes
-    predict() is collective: each rank scores its shard and all get every prediction."""
+    predict() is collective: each rank scores its shard and all get every prediction. Also returns those
+    predictions: the adapter's default domain (domains.py) is made of them."""
     counted = collator.real_tokens, collator.padded_tokens, len(collator.batches)
     validation = trainer.predict(val_set)
     collator.real_tokens, collator.padded_tokens = counted[:2]  # the padding report covers training + epochs
     del collator.batches[counted[2]:]
-    return fit_validation(validation.predictions, validation.label_ids)
+    return (*fit_validation(validation.predictions, validation.label_ids), validation)
 
 
 def count_every_rank(trainer: Trainer, collator: PaddedBatches, ranks: Ranks) -> None:
@@ -332,9 +334,10 @@ def _stripped_validation(trainer, collator: PaddedBatches, tokenizer, texts: lis
 
 
 def report(config: TrainConfig, prepared: Prepared, model: torch.nn.Module, trainer: Trainer,
-           collator: PaddedBatches, epochs: list[dict]) -> dict:
-    """run.json's contents. Calibration and the stripped validation are collective: every rank runs this."""
-    temperature, calibration = calibrate(trainer, collator, prepared.val_set)
+           collator: PaddedBatches, epochs: list[dict], calibrated: tuple[float, dict]) -> dict:
+    """run.json's contents, with `calibrated` (calibrate's temperature and block). The stripped validation is
+    collective: every rank runs this."""
+    temperature, calibration = calibrated
     count_every_rank(trainer, collator, prepared.ranks)
     trainable, total = model.get_nb_trainable_parameters()
     args = trainer.args
@@ -368,11 +371,14 @@ def report(config: TrainConfig, prepared: Prepared, model: torch.nn.Module, trai
     }
 
 
-def save(config: TrainConfig, prepared: Prepared, model: torch.nn.Module, trainer: Trainer, run: dict) -> Path:
-    """Rank 0 writes the adapter (with training.png) once every rank is done with the checkpoints."""
+def save(config: TrainConfig, prepared: Prepared, model: torch.nn.Module, trainer: Trainer, run: dict,
+         validation) -> Path:
+    """Rank 0 writes the adapter (with training.png and the default domain from the `validation` predictions)
+    once every rank is done with the checkpoints."""
     return write_once(config, prepared.ranks, lambda: save_adapter(
         model, prepared.tokenizer, run, config.output, config.save_dtype,
-        extras=training_extras(trainer.state.log_history)))
+        extras=validation_domain_extras(validation.predictions, validation.label_ids,
+                                        then=training_extras(trainer.state.log_history))))
 
 
 def train(config: TrainConfig, callbacks: list | None = None) -> TrainResult:
@@ -386,8 +392,9 @@ def train(config: TrainConfig, callbacks: list | None = None) -> TrainResult:
     model, trainer, collator = build_trainer(config, prepared, callbacks)
     run_loop(trainer, config, prepared.resume_from)
     epochs = best_epochs(trainer, model, config.checkpoints(), prepared.ranks)
-    run = report(config, prepared, model, trainer, collator, epochs)
-    output = save(config, prepared, model, trainer, run)
+    temperature, calibration, validation = calibrate(trainer, collator, prepared.val_set)
+    run = report(config, prepared, model, trainer, collator, epochs, (temperature, calibration))
+    output = save(config, prepared, model, trainer, run, validation)
     logger.info("best validation macro-F1 %.4f (epoch %s); adapter written to %s",
                 run["best"]["macro_f1"], run["best"]["epoch"], output)
     return TrainResult(output=output, run=run, batches=collator.batches, main_process=prepared.ranks.main)

@@ -14,7 +14,7 @@ import sys
 import warnings
 
 from ..errors import UserError
-from . import evaluate, feedback, models, predict, select, serve, train
+from . import calibrate, evaluate, feedback, models, predict, report, select, serve, train
 
 
 def quiet_libraries() -> None:
@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="show library log messages too")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # the order `--help` lists the commands in
-    for family in (train, evaluate, predict, models, serve, feedback, select):
+    for family in (train, evaluate, predict, calibrate, report, models, serve, feedback, select):
         family.add_commands(sub)
     return parser
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .options import adapter_args, base_args, calibration_args, data_args
+from .options import adapter_args, apply_domain, base_args, calibration_args, data_args, domain_args
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -21,6 +21,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="remove emoticons before predicting: Weibo ones such as [哈哈] and Unicode emoji (the corpus "
                         "labels come from them)")
     calibration_args(p)
+    domain_args(p)
     base_args(p, None)
     data_args(p)
     p.set_defaults(func=run_evaluate)
@@ -41,6 +42,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     predictor = Predictor.from_adapters([args.adapter], base_model=args.base_model, model_dir=args.model_dir,
                                         device=args.device, calibrated=not args.no_calibration,
                                         allow_other_base=args.allow_other_base)
+    apply_domain(predictor, args)
     info = predictor.adapters[predictor.default]
     data = load_labelled(args.data, text_column=args.text_column, label_column=args.label_column,
                          encoding=args.encoding, label_names=info.label_names,

@@ -152,4 +152,9 @@ def format_info(details: dict) -> str:
     if combination:
         parts = ", ".join(f"{a['name']} ×{a['weight']:g}" for a in combination["adapters"])
         lines.append(f"combined    {combination['method']} of {parts}; head: weighted sum")
+    for i, domain in enumerate(details.get("domains") or ()):
+        counts = ", ".join(f"{n} {name}" for name, n in (domain.get("counts") or {}).items())
+        stale = "" if domain.get("current") else "; fitted with other weights: calibrate again"
+        lines.append(f"{'domains' if i == 0 else '':10}  {domain['name']}: {domain['rows']} labelled rows ({counts}), "
+                     f"temperature {domain['temperature']:.4g}{stale}")
     return "\n".join(lines)

@@ -49,6 +49,24 @@ def calibration_args(p: argparse.ArgumentParser) -> None:
                    help="report raw probabilities, not the ones calibrated by the adapter's fitted temperature")
 
 
+def domain_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--domain", metavar="NAME",
+                   help="divide the logits by the temperature of the adapter's domain NAME (fitted by `calibrate` "
+                        "on labelled posts of that kind) instead of the one fitted on training's validation split")
+
+
+def apply_domain(predictor, args: argparse.Namespace) -> None:
+    """`--domain NAME`: the default adapter's temperature becomes the domain's (after --use has chosen it)."""
+    if getattr(args, "domain", None):
+        from ..domains import apply_domain as use_domain_temperature
+
+        if getattr(args, "no_calibration", False):
+            from ..errors import UserError
+
+            raise UserError("--domain sets a calibration temperature; it cannot go with --no-calibration")
+        use_domain_temperature(predictor, args.domain)
+
+
 def save_dtype_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save-dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                    help="dtype of the saved adapter weights")

@@ -8,7 +8,7 @@ import logging
 import sys
 
 from ..errors import UserError
-from .options import adapter_args, backend_args, base_args, calibration_args, data_args
+from .options import adapter_args, apply_domain, backend_args, base_args, calibration_args, data_args, domain_args
 
 logger = logging.getLogger("weibo_sentiment")
 
@@ -39,6 +39,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                                  "onnx (fp32) or onnx-int8 (fastest); with --adapter the export is made for this run",
                  model_help="a directory written by `weibo-sentiment export` (instead of --adapter)")
     calibration_args(p)
+    domain_args(p)
     p.add_argument("--min-confidence", type=float, metavar="X",
                    help="mark predictions whose confidence is below X (0 < X < 1) as uncertain: an `uncertain` "
                         "column in files, '(uncertain)' on the console; the label stays the most likely one")
@@ -77,6 +78,7 @@ def run_predict(args: argparse.Namespace) -> int:
                                calibrated=not args.no_calibration, allow_other_base=args.allow_other_base)
     if args.use:
         predictor.use(args.use)
+    apply_domain(predictor, args)
     if args.text:
         preds = predictor.predict(args.text, batch_size=args.batch_size)
         warn_truncated(predictor, preds)
@@ -139,8 +141,8 @@ def predict_on_ray(args: argparse.Namespace) -> int:
 
     if not args.input or args.input == "-" or args.text or not args.output:
         raise UserError("--engine ray needs --input (a file, directory or glob of shards) and --output DIR")
-    if args.keep_columns or args.resume:
-        raise UserError("--keep-columns and --resume are for --engine local only")
+    if args.keep_columns or args.resume or args.domain:
+        raise UserError("--keep-columns, --resume and --domain are for --engine local only")
     marker = score_files(args.input, args.output, args.adapter, address=args.address, fmt=args.format,
                          encoding=args.encoding, quiet=args.quiet, model=args.model, backend=args.backend,
                          workers=args.workers, cpus_per_worker=args.cpus_per_worker,

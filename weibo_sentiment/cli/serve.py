@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .options import adapter_args, backend_args, base_args, calibration_args
+from .options import adapter_args, backend_args, base_args, calibration_args, domain_args
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -34,6 +34,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                         "minutes for 2048: lower it there, with --max-texts, e.g. both 64; at least --max-texts)")
     p.add_argument("--threads", type=int, help="CPU threads for the model (default: all cores but one)")
     calibration_args(p)
+    domain_args(p)
     p.add_argument("--allowed-hosts", "--allow-host", dest="allow_host", action="extend", nargs="+", default=[],
                    metavar="NAME",
                    help="extra Host header names to answer to (e.g. behind a proxy); every request naming another "
@@ -49,7 +50,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    from ..errors import UserError
     from ..serve import serve
+
+    if args.domain and args.no_calibration:
+        raise UserError("--domain sets a calibration temperature; it cannot go with --no-calibration")
 
     return serve(args.adapter, host=args.host, port=args.port, backend=args.backend, model=args.model,
                  use=args.use, base_model=args.base_model, model_dir=args.model_dir, device=args.device,
@@ -58,4 +63,4 @@ def run_serve(args: argparse.Namespace) -> int:
                  batch_wait_ms=args.batch_wait_ms, batch_size=args.batch_size, allowed_hosts=args.allow_host,
                  threads=args.threads, max_queue=args.max_queue, calibrated=not args.no_calibration,
                  allow_other_base=args.allow_other_base, feedback=args.feedback,
-                 feedback_max_bytes=args.feedback_max_bytes)
+                 feedback_max_bytes=args.feedback_max_bytes, domain=args.domain)

@@ -49,11 +49,13 @@ def serve(
     threads: int | None = None,
     calibrated: bool = True,
     allow_other_base: bool = False,
+    domain: str | None = None,
     **options,
 ) -> int:
     """Load the adapters and serve them until interrupted. `options` are AppSettings fields; `allowed_hosts`
     here adds Host names to the ones every server answers to (see guard.allowed_host_names).
-    `calibrated=False` serves raw probabilities (`--no-calibration`)."""
+    `calibrated=False` serves raw probabilities (`--no-calibration`); `domain` the temperature of that domain of
+    the default adapter."""
     import uvicorn
 
     settings = AppSettings(**options)
@@ -72,6 +74,10 @@ def serve(
                                    allow_other_base=allow_other_base)
         if use:
             predictor.use(use)
+        if domain:
+            from ..domains import apply_domain
+
+            apply_domain(predictor, domain)
         hosts = allowed_host_names(host, settings.allowed_hosts or ())
         logger.info("Answering to Host %s", "any name (--allowed-hosts '*')" if hosts is None else ", ".join(hosts))
         app = create_app(predictor, settings, api_key=api_key, allowed_hosts=hosts)
