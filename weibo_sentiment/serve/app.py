@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
 from ..errors import UserError
+from ..inference.windows import LongText, window_width
 from .batcher import BATCH_WAIT_MS, MAX_BATCH_TEXTS, MAX_QUEUE, ClientGone, MicroBatcher, answer_unless_gone
 from .guard import NOT_JSON, Guard, body_too_large, default_max_body_bytes, is_json, resolve_adapter_path
 from .schemas import (
@@ -62,6 +63,10 @@ class AppSettings:
     batch_size: int = 32  # texts per model call
     max_queue: int = MAX_QUEUE  # texts waiting for the model; beyond it requests get 503 + Retry-After
     allowed_hosts: Sequence[str] | None = None  # Host header values accepted (None: any)
+    # How texts longer than the max length are read unless a request says: `truncate` or `window` (None: as the
+    # predictor reads them, which is truncation unless its `long_text` was set); `stride`: tokens between windows.
+    long_text: str | None = None
+    stride: int | None = None
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,7 @@ class Service:
     max_texts: int
     max_chars: int
     max_body_bytes: int
+    long_text: LongText | None  # the server's reading of long texts (None: the predictor's); requests may differ
 
 
 def create_app(predictor, settings: AppSettings | None = None, **options) -> FastAPI:
@@ -122,9 +128,14 @@ def build_service(predictor, settings: AppSettings) -> Service:
     max_body_bytes = settings.max_body_bytes
     if max_body_bytes is None:
         max_body_bytes = default_max_body_bytes(max_texts, max_chars)
+    long_text = None
+    if settings.long_text is not None or settings.stride is not None:
+        long_text = LongText(settings.long_text or "truncate", stride=settings.stride)
+        for info in predictor.adapters.values():  # a stride no loaded adapter's windows can take fails at start
+            LongText("window", stride=settings.stride).step(window_width(predictor.tokenizer, info.max_length))
     batcher = MicroBatcher(predictor, wait_ms=settings.batch_wait_ms, batch_size=settings.batch_size,
                            max_batch_texts=max(MAX_BATCH_TEXTS, max_texts), max_queue=settings.max_queue)
-    return Service(predictor, batcher, root, max_texts, max_chars, max_body_bytes)
+    return Service(predictor, batcher, root, max_texts, max_chars, max_body_bytes, long_text)
 
 
 # ---- errors: every one answered as {"error": message} -----------------------------------------------------
@@ -219,7 +230,10 @@ def add_predict_route(app: FastAPI, service: Service) -> None:
             raise ApiError(404, unknown_adapter(name, predictor))
         try:
             # Under uvicorn a handler is not cancelled when its client goes: watch for it, and drop the job.
-            revision, preds = await answer_unless_gone(batcher.submit(name, texts), request.receive)
+            long_text = service.long_text
+            if body.long_text is not None:
+                long_text = LongText.of(body.long_text, service.long_text or predictor.long_text)
+            revision, preds = await answer_unless_gone(batcher.submit(name, texts, long_text), request.receive)
         except UserError as e:  # the adapter was removed while the request waited
             raise ApiError(404, str(e)) from e
         return PredictResponse(adapter=name, revision=revision, predictions=[

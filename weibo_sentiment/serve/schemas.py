@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -37,6 +37,9 @@ Text = Annotated[str, Field(json_schema_extra={"minLength": 1, "pattern": r"\S"}
 class PredictRequest(Strict):
     texts: list[Text] = Field(description="posts to classify", json_schema_extra={"minItems": 1})
     adapter: str | None = Field(None, description="adapter name (default: the server's default adapter)")
+    long_text: Literal["truncate", "window"] | None = Field(
+        None, description="texts longer than the adapter's max length: truncated, or read whole in overlapping "
+                          "windows (default: the server's --long-text)")
 
 
 class PredictionOut(BaseModel):
