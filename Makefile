@@ -59,21 +59,21 @@ system-deps:
 # Ours vs the original recipe (training, inference, ONNX Runtime fp32/int8) on the uer-shaped model and real
 # Weibo rows, <= 15 min on 2 cores: writes benchmarks/results/summary.json and summary.md.
 bench: $(STAMP)
-	WEIBO_SHARED=$(SHARED) $(BIN)/python benchmarks/bench.py
+	WEIBO_SHARED=$(SHARED) $(BIN)/python benchmarks/speed/bench.py
 
 # Scale (issue 12): streaming prediction's peak memory on 1,000,000 rows vs 10,000 and its speed vs the in-memory
 # path (onnx-int8, ~20 min on 2 cores), then 1 vs 2 training processes on the CPU (torchrun, gloo); the Ray
 # scoring figures when Ray is installed. Writes benchmarks/results/{streaming,ddp,ray}.json.
 bench-scale: $(STAMP)
-	WEIBO_SHARED=$(SHARED) $(BIN)/python benchmarks/streaming.py --backend onnx-int8
-	WEIBO_SHARED=$(SHARED) OMP_NUM_THREADS=1 $(BIN)/python benchmarks/ddp.py --device cpu --nprocs 1 2 --preset tiny \
+	WEIBO_SHARED=$(SHARED) $(BIN)/python benchmarks/scale/stream_scoring.py --backend onnx-int8
+	WEIBO_SHARED=$(SHARED) OMP_NUM_THREADS=1 $(BIN)/python benchmarks/scale/ddp.py --device cpu --nprocs 1 2 --preset tiny \
 		--out benchmarks/results
-	if [ -f benchmarks/ray_scoring.py ] && $(BIN)/python -c "import ray" 2>/dev/null; then \
-		WEIBO_SHARED=$(SHARED) $(BIN)/python benchmarks/ray_scoring.py; fi
+	if [ -f benchmarks/scale/ray_scoring.py ] && $(BIN)/python -c "import ray" 2>/dev/null; then \
+		WEIBO_SHARED=$(SHARED) $(BIN)/python benchmarks/scale/ray_scoring.py; fi
 
 # 2,000 requests at 32 concurrency to a loopback server with two adapters, one hot-swapped midway.
 loadtest: $(STAMP)
-	$(BIN)/python benchmarks/loadtest.py --requests 2000 --concurrency 32
+	$(BIN)/python benchmarks/speed/loadtest.py --requests 2000 --concurrency 32
 
 lint: $(STAMP)
 	$(BIN)/ruff check weibo_sentiment tests benchmarks train.py predict.py

@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 
 from weibo_sentiment.adapter_io import WEIGHTS_FILE, cast_weights, read_run
 from weibo_sentiment.adapters import combine, info, merge
-from weibo_sentiment.cli import interactive, main
+from weibo_sentiment.cli import main
+from weibo_sentiment.cli.predict import interactive
 from weibo_sentiment.data import read_texts
 from weibo_sentiment.errors import UserError
 from weibo_sentiment.inference import Predictor

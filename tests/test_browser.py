@@ -18,6 +18,8 @@ from weibo_sentiment.serve import create_app
 from .serving_helpers import running
 from .test_serve import flipped_copy
 
+pytestmark = pytest.mark.browser
+
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--disable-dev-shm-usage", "--window-size=900,800", "--remote-debugging-address=127.0.0.1",
@@ -165,14 +167,14 @@ def test_server_errors_are_shown_on_the_page(page, site):
     page.wait_for("document.querySelectorAll('#adapter option').length === 2", "the adapter list")
     page.type_into("#texts", "好" * 101)
     page.click("#submit")
-    message = page.wait_for("document.getElementById('error').textContent", "the error message")
+    message = page.wait_for("document.getElementById('error')?.textContent", "the error message")
     assert message == "出错了 / Error: texts[0] has 101 characters; the limit is 100"
     assert page.eval("document.querySelectorAll('#results .result').length") == 0
 
 
 def test_page_names_the_base_model_by_its_folder_only(page, site):
     page.send("Page.navigate", url=site + "/")
-    base = page.wait_for("document.getElementById('base').textContent", "the base model line")
+    base = page.wait_for("document.getElementById('base')?.textContent", "the base model line")
     assert base == "基座模型 / Base model: tiny"  # not the directory it lies in on the server
 
 

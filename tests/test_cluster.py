@@ -15,7 +15,7 @@ from tests.conftest import SAMPLE
 from weibo_sentiment.cluster import MISSING_RAY
 from weibo_sentiment.output import SCORES_FILE
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Ray Data's own settings
+pytestmark = [pytest.mark.ray, pytest.mark.filterwarnings("ignore::DeprecationWarning")]  # Ray Data's own settings
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,8 @@ from weibo_sentiment.checkpoints import MARKER_FILE, last_complete_checkpoint
 
 from .conftest import ROOT, SAMPLE
 
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
+
 HELDOUT = ROOT / "examples" / "weibo_sample_heldout.csv"
 RECIPE = ["--epochs", "2", "--max-length", "32", "--lr", "0.002", "--save-steps", "5"]
 STEPS_PER_EPOCH = 27  # ceil(423 / 8) = 53 batches, dealt to 2 ranks: 27 each (the last one wraps around)

@@ -27,6 +27,8 @@ from tests.conftest import ROOT, SAMPLE, shared
 from weibo_sentiment.modeling import DEFAULT_BASE_MODEL, _hub_unreachable
 from weibo_sentiment.output import SOURCE_FILE
 
+pytestmark = pytest.mark.hub
+
 COMMIT = "c2a3c1b4d5e6f708192a3b4c5d6e7f8091a2b3c4"  # any 40 hex digits: the hub names revisions by commit
 
 

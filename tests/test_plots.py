@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import SAMPLE
-from weibo_sentiment import plots
+from weibo_sentiment import fonts, plots
 from weibo_sentiment.calibration import softmax
 from weibo_sentiment.errors import UserError
 from weibo_sentiment.output import SOFTWARE, is_our_png
@@ -96,8 +96,8 @@ def test_chinese_labels_draw_without_glyph_warnings(tmp_path):
 
 
 def test_without_cjk_font_ids_are_shown(tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(plots, "_candidates", lambda: [])
-    plots._cjk_font.cache_clear()
+    monkeypatch.setattr(fonts, "_candidates", lambda: [])
+    fonts._cjk_font.cache_clear()
     try:
         labels, probs, raw = synthetic(300, 3)
         with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING):
@@ -109,7 +109,7 @@ def test_without_cjk_font_ids_are_shown(tmp_path, monkeypatch, caplog):
             assert image.info["Description"] == "labels: 0 = 负面; 1 = neutral; 2 = 正面"
             assert image.info["Software"] == SOFTWARE
     finally:
-        plots._cjk_font.cache_clear()
+        fonts._cjk_font.cache_clear()
 
 
 def test_evaluation_figure_checks_shapes(tmp_path):

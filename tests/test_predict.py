@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from weibo_sentiment.cli import interactive
+from weibo_sentiment.cli.predict import interactive
 from weibo_sentiment.inference import Predictor
 
 from .conftest import run_subprocess, shared, write

@@ -264,7 +264,7 @@ def test_onnx_backend_streams(tmp_path, sample_adapter, cli):
 def _property_case():
     from hypothesis import given
 
-    from tests.test_bad_input import PROPERTY, files, one_line
+    from tests.test_data_edge_cases import PROPERTY, files, one_line
 
     @PROPERTY
     @given(raw=files, suffix=st.sampled_from([".txt", ".csv", ".tsv"]))

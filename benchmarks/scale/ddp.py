@@ -6,8 +6,8 @@ per process, so N processes take N times the samples per step. Samples/s = steps
 train_runtime (model loading, evaluation and saving are outside it). Prints a table and writes
 OUT/ddp.json when --out is given.
 
-    benchmarks/ddp.py --device cuda --nprocs 1 2 --preset uer --steps 200       # benchmarks/gpu.sh
-    OMP_NUM_THREADS=1 benchmarks/ddp.py --device cpu --nprocs 1 2 --preset tiny  # one core per process
+    benchmarks/scale/ddp.py --device cuda --nprocs 1 2 --preset uer --steps 200       # benchmarks/speed/gpu.sh
+    OMP_NUM_THREADS=1 benchmarks/scale/ddp.py --device cpu --nprocs 1 2 --preset tiny  # one core per process
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from machine import cpu_name  # benchmarks/machine.py: the script folder is on sys.path
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common/ and the groups
+from common.machine import cpu_name  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("WEIBO_SHARED", ROOT.parent / "shared"))
 
 

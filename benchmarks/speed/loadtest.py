@@ -35,7 +35,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "examples" / "weibo_sample.csv"
 HELDOUT = ROOT / "examples" / "weibo_sample_heldout.csv"
 HOST = "127.0.0.1"  # loopback only, never configurable

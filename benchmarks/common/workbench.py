@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("WEIBO_SHARED", ROOT.parent / "shared")).resolve()
 VOCAB = SHARED / "models" / "gpt2-chinese-cluecorpussmall" / "vocab.txt"
 

@@ -1,6 +1,6 @@
 """Throughput of `predict --engine ray` (2 actors on a local Ray) vs the single-process streaming path.
 
-    python benchmarks/ray_scoring.py [--rows 20000] [--workers 2] [--work /tmp/weibo-ray]
+    python benchmarks/scale/ray_scoring.py [--rows 20000] [--workers 2] [--work /tmp/weibo-ray]
 
 Builds (once, under --work, never in the repository) a tiny random-weight base with the real vocabulary and an
 adapter trained on examples/weibo_sample.csv for 20 steps, and --rows rows of the real Weibo texts of
@@ -21,10 +21,10 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from workbench import child_arguments, tiny_adapter, weibo_rows, write_csv  # noqa: E402
+sys.path.insert(0, str(ROOT / "benchmarks"))  # common/
+from common.workbench import child_arguments, tiny_adapter, weibo_rows, write_csv  # noqa: E402
 
 
 def child(args: argparse.Namespace) -> None:

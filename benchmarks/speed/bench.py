@@ -36,9 +36,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from machine import cpu_name  # benchmarks/machine.py: the script folder is on sys.path
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common/ and the groups
+from common.machine import cpu_name  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results"
 SHARED = Path(os.environ.get("WEIBO_SHARED", ROOT.parent / "shared"))
 LABELS = ["negative", "positive"]
@@ -57,7 +58,7 @@ FULL = {"train_rows": 3200, "validation_rows": 64, "original_warmup_steps": 1, "
 QUICK = {"train_rows": 64, "validation_rows": 16, "original_warmup_steps": 1, "original_steps": 2,
          "ours_warmup_steps": 1, "ours_steps": 3, "predict_texts": 64, "original_predict_texts": 8, "latency_runs": 5,
          "latency_tokens": 64, "batch_size": 32}
-# benchmarks/gpu.sh: a full Weibo epoch (80,000 rows) with our training; the rest as on the CPU.
+# benchmarks/speed/gpu.sh: a full Weibo epoch (80,000 rows) with our training; the rest as on the CPU.
 GPU = {"train_rows": 80000, "validation_rows": 2000, "original_warmup_steps": 5, "original_steps": 100,
        "ours_warmup_steps": 20, "ours_steps": None, "predict_texts": 2000, "original_predict_texts": 300,
        "latency_runs": 100, "latency_tokens": 64, "batch_size": 256}

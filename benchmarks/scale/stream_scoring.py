@@ -1,6 +1,6 @@
 """Streaming prediction: peak memory on a big file vs a small one, and speed vs the in-memory path.
 
-    python benchmarks/streaming.py [--rows 1000000] [--backend onnx-int8] [--work /tmp/weibo-streaming]
+    python benchmarks/scale/stream_scoring.py [--rows 1000000] [--backend onnx-int8] [--work /tmp/weibo-streaming]
 
 Builds (once, under --work, never in the repository) a tiny random-weight base with the real vocabulary, an
 adapter trained on examples/weibo_sample.csv for 20 steps, and input files made by repeating the real Weibo texts
@@ -25,10 +25,10 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from workbench import child_arguments, cli, tiny_adapter, weibo_rows, write_csv  # noqa: E402
+sys.path.insert(0, str(ROOT / "benchmarks"))  # common/
+from common.workbench import child_arguments, cli, tiny_adapter, weibo_rows, write_csv  # noqa: E402
 
 
 def child(args: argparse.Namespace) -> None:

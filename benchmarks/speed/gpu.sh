@@ -9,13 +9,13 @@
 #              the original: its loop (pad to 128, batch 16, AdamW 5e-4, fp32) for 100 steps.
 #   inference  the original predict vs `Predictor` on the GPU (batches of 256), plus the ONNX Runtime fp32
 #              and int8 exports on the CPU cores beside it (skipped if onnxruntime is not installed).
-#   ddp        `torchrun --nproc_per_node N -m weibo_sentiment train` (benchmarks/ddp.py) for N = 1 and, with
+#   ddp        `torchrun --nproc_per_node N -m weibo_sentiment train` (benchmarks/scale/ddp.py) for N = 1 and, with
 #              two or more GPUs, 2: samples/s of 150 steps, batch 16 per process, uer-shaped random base
 #              (NCCL; bf16). DDP=0 skips it.
 #
 # The machine needs a CUDA build of torch and the project's dependencies (no network is assumed: nothing
 # is installed here), and the shared data: ../shared or WEIBO_SHARED.
-#   PYTHON=python3 benchmarks/gpu.sh            # default: .venv/bin/python if present, else python3
+#   PYTHON=python3 benchmarks/speed/gpu.sh            # default: .venv/bin/python if present, else python3
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,10 +41,10 @@ print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}, "
 EOF
 
 # 480 s is the whole budget; the script stops itself rather than run over.
-timeout --signal=INT --kill-after=15 480 "$PY" benchmarks/bench.py --gpu \
+timeout --signal=INT --kill-after=15 480 "$PY" benchmarks/speed/bench.py --gpu \
     --out "${OUT:-benchmarks/results/gpu}" "$@"
 
 if [ "${DDP:-1}" != 0 ]; then
-    timeout --signal=INT --kill-after=15 180 "$PY" benchmarks/ddp.py --device cuda --nprocs 1 2 --preset uer \
+    timeout --signal=INT --kill-after=15 180 "$PY" benchmarks/scale/ddp.py --device cuda --nprocs 1 2 --preset uer \
         --steps 150 --timeout 80 --out "${OUT:-benchmarks/results/gpu}"
 fi

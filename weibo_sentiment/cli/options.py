@@ -1,0 +1,54 @@
+"""Option groups that several commands share, each defined once so their names, defaults and help stay alike."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def data_args(p: argparse.ArgumentParser, labels: bool = True) -> None:
+    p.add_argument("--text-column", default="review", help="column holding the text (default: review)")
+    if labels:
+        p.add_argument("--label-column", default="label", help="column holding the label (default: label)")
+    p.add_argument("--encoding", default="utf-8", help="file encoding (default: utf-8, with or without BOM)")
+
+
+def base_args(p: argparse.ArgumentParser, default: str | None) -> None:
+    p.add_argument("--base-model", default=default,
+                   help="hub id or local model directory" + (f" (default: {default})" if default else
+                                                              " (default: the one in the adapter's run.json)"))
+    p.add_argument("--model-dir", default="models/gpt2-chinese",
+                   help="where a hub model is saved once downloaded (default: models/gpt2-chinese)")
+    if default is None:  # --base-model overrides the adapters' own base
+        p.add_argument("--allow-other-base", action="store_true",
+                       help="load adapters trained on another base than --base-model (their run.json fingerprint "
+                            "differs, e.g. the parent of an adapt-base model) anyway, with a warning")
+
+
+def adapter_args(p: argparse.ArgumentParser, many: bool, device: bool = True) -> None:
+    """--adapter (one, or several with --use to pick), then --device and --batch-size unless `device` is false."""
+    if many:
+        p.add_argument("--adapter", action="append", default=None, metavar="[NAME=]DIR",
+                       help="adapter directory; repeat for several (default: best_weibo_sentiment_lora)")
+        p.add_argument("--use", metavar="NAME", help="adapter to use (default: the first)")
+    else:
+        p.add_argument("--adapter", default="best_weibo_sentiment_lora", metavar="DIR",
+                       help="adapter directory (default: best_weibo_sentiment_lora)")
+    if device:
+        p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+        p.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default: 32)")
+
+
+def backend_args(p: argparse.ArgumentParser, backend_help: str, model_help: str) -> None:
+    """--backend and --model (an exported directory instead of --adapter); the help says what each command does."""
+    p.add_argument("--backend", default="torch", choices=["torch", "onnx", "onnx-int8"], help=backend_help)
+    p.add_argument("--model", metavar="EXPORTED_DIR", help=model_help)
+
+
+def calibration_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-calibration", action="store_true",
+                   help="report raw probabilities, not the ones calibrated by the adapter's fitted temperature")
+
+
+def save_dtype_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--save-dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                   help="dtype of the saved adapter weights")
