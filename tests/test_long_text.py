@@ -249,3 +249,40 @@ def test_serve_reads_windows_server_wide_and_per_request(predictor):
         np.testing.assert_allclose(probs(c, long_text="window"), windowed, atol=2e-6)
     with pytest.raises(UserError, match="--stride 126: must be less than"):
         create_app(predictor, long_text="window", stride=126)
+
+
+# ---- the command line -------------------------------------------------------------------------------------
+def test_cli_predict_reads_long_texts_in_windows(cli, sample_adapter, predictor, caplog):
+    from weibo_sentiment.cli.predict import result_line
+
+    common = ["predict", "--adapter", sample_adapter, "--device", "cpu", "--text", SHORT[0], "--text", LONG]
+    with caplog.at_level("WARNING"):
+        result = cli(*common, "--long-text", "window")
+    assert result.code == 0, result.err
+    assert ("1 text(s) longer than 128 tokens were read whole, in overlapping windows of 128 tokens 63 apart"
+            in caplog.messages)
+    expected = predictor.predict([SHORT[0], LONG], long_text="window")
+    assert result.out.splitlines()[1::2] == [result_line(p) for p in expected]
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert cli(*common, "--long-text", "window", "--stride", "20").code == 0
+    assert "1 text(s) longer than 128 tokens were read whole, in overlapping windows of 128 tokens 20 apart" \
+        in caplog.messages
+    refused = cli(*common, "--long-text", "window", "--stride", "126")
+    assert (refused.code, refused.err.splitlines()) == (2, [
+        "error: --stride 126: must be less than a window's 126 text tokens (the max length less [CLS] and [SEP]), "
+        "so that windows overlap"])
+    alone = cli(*common, "--stride", "20")
+    assert (alone.code, alone.err.splitlines()) == (2, ["error: --stride 20: only with --long-text window"])
+
+
+def test_cli_evaluate_reports_the_windows(cli, sample_adapter, tmp_path):
+    import json
+
+    data = write_csv(tmp_path / "labelled.csv", [*SHORT[:5], LONG], [0, 1, 0, 1, 0, 1])
+    result = cli("evaluate", "--adapter", sample_adapter, "--device", "cpu", "--data", data, "--long-text", "window",
+                 "--print-json")
+    assert result.code == 0, result.err
+    assert ("long texts read whole: 1 text(s) longer than the max length, 9 windows in all (stride 63, mean of "
+            "their probabilities)") in result.out.splitlines()
+    assert json.loads(result.out.splitlines()[-1])["windows"] == 9

@@ -7,7 +7,7 @@ import logging
 import sys
 
 from ..errors import UserError
-from .options import adapter_args, backend_args, base_args, calibration_args, data_args
+from .options import adapter_args, backend_args, base_args, calibration_args, data_args, long_text_args, set_long_text
 
 logger = logging.getLogger("weibo_sentiment")
 
@@ -38,6 +38,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                                  "onnx (fp32) or onnx-int8 (fastest); with --adapter the export is made for this run",
                  model_help="a directory written by `weibo-sentiment export` (instead of --adapter)")
     calibration_args(p)
+    long_text_args(p)
     p.add_argument("--min-confidence", type=float, metavar="X",
                    help="mark predictions whose confidence is below X (0 < X < 1) as uncertain: an `uncertain` "
                         "column in files, '(uncertain)' on the console; the label stays the most likely one")
@@ -62,6 +63,8 @@ def run_predict(args: argparse.Namespace) -> int:
 
     check_min_confidence(args.min_confidence)  # before loading the model
     if args.engine == "ray":
+        if args.long_text != "truncate":
+            raise UserError("--long-text window: only with --engine local")
         return predict_on_ray(args)
     streamed = {"--id-column": args.id_column, "--keep-columns": args.keep_columns, "--resume": args.resume}
     if (given := [k for k, v in streamed.items() if v]) and (args.text or not args.input or args.input == "-"):
@@ -71,6 +74,7 @@ def run_predict(args: argparse.Namespace) -> int:
                                calibrated=not args.no_calibration, allow_other_base=args.allow_other_base)
     if args.use:
         predictor.use(args.use)
+    set_long_text(predictor, args)
     if args.text:
         preds = predictor.predict(args.text, batch_size=args.batch_size)
         warn_truncated(predictor, preds)
@@ -90,15 +94,11 @@ def check_min_confidence(value: float | None) -> None:
 
 
 def warn_truncated(predictor, preds) -> None:
-    """Warn how many texts were longer than their adapter's max length, which prediction cuts them to."""
-    from ..inference import count_truncated
+    """Warn how many texts were longer than their adapter's max length: cut to it, or read whole in windows."""
+    from ..streaming.rows import count_truncated_by_length
+    from ..streaming.rows import warn_truncated as warn
 
-    by_length: dict[int, list[str]] = {}
-    for pred in preds:
-        by_length.setdefault(predictor.adapters[pred.adapter].max_length, []).append(pred.text)
-    for max_length, texts in sorted(by_length.items()):
-        if n := count_truncated(predictor.tokenizer, texts, max_length):
-            logger.warning("%d text(s) longer than %d tokens were truncated to %d", n, max_length, max_length)
+    warn(count_truncated_by_length(predictor, preds), predictor)
 
 
 def predict_on_ray(args: argparse.Namespace) -> int:
