@@ -189,3 +189,68 @@ def test_api_docs_render_offline(page, site):
     assert page.eval("document.querySelector('.swagger-ui .info .title').textContent").startswith("weibo-sentiment")
     resources = page.eval("performance.getEntriesByType('resource').map(r => r.name)")
     assert resources and all(r.startswith(site) for r in resources), resources
+
+
+def test_explanations_highlight_spans_readable_without_colour(page, site, tmp_path):
+    page.send("Page.navigate", url=site + "/")
+    page.wait_for("document.querySelectorAll('#adapter option').length === 2", "the adapter list")
+    posts = [*POSTS, "iPhone15 真的 unbelievable 😀 太棒了"]
+    page.type_into("#texts", "\n".join(posts))
+    page.click("#explain")
+    page.click("#submit")
+    page.wait_for("document.querySelectorAll('#results .result .spans').length === 3", "the explanations", 120)
+    shown = page.eval("""[...document.querySelectorAll('#results .result')].map(r => ({
+        text: r.querySelector('.text').textContent,
+        marks: [...r.querySelectorAll('.text mark')].map(m => [m.textContent, m.dataset.rank, m.className, m.title]),
+        listed: [...r.querySelectorAll('.spans li')].map(li => li.textContent)}))""")
+    reply = httpx.post(f"{site}/v1/predict", json={"texts": posts, "adapter": "sample", "explain": True}).json()
+    for post, row, p in zip(posts, shown, reply["predictions"], strict=True):
+        assert row["text"] == post  # the marks hold the post's own characters; the ranks come from CSS
+        spans = p["explanation"]
+        assert len(row["marks"]) == len(row["listed"]) == len(spans) == 5
+        by_rank = sorted(row["marks"], key=lambda m: int(m[1]))
+        assert [m[0] for m in by_rank] == [s for s, _ in spans]
+        for (span, weight), (_, rank, kind, title), listed in zip(spans, by_rank, row["listed"]):
+            # The sign without colour: the underline's style (class), ▲/▼ and +/− in the list, the title.
+            assert kind == ("for" if weight >= 0 else "against")
+            signed = ("+" if weight >= 0 else "−") + f"{abs(weight):.3f}"
+            said = "▲ " + signed + " 支持 / supports" if weight >= 0 else "▼ " + signed + " 反对 / against"
+            assert listed == f"{span} {said}"  # (the 「」 around the span come from CSS)
+            assert title.startswith(f"#{rank} {signed}")
+    page.send("Emulation.setDeviceMetricsOverride", width=900, height=1250, deviceScaleFactor=1, mobile=False)
+    shot = page.send("Page.captureScreenshot", format="png")["data"]
+    page.send("Emulation.clearDeviceMetricsOverride")
+    (tmp_path / "explained.png").write_bytes(base64.b64decode(shot))
+    assert (tmp_path / "explained.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_label_is_corrected_from_the_page(page, sample_adapter, tmp_path):
+    """"Correct this label" posts to /v1/feedback as the page's own origin; the store gets the correction."""
+    from weibo_sentiment.feedback import FeedbackStore
+
+    store = tmp_path / "feedback.jsonl"
+    predictor = Predictor.from_adapters({"sample": sample_adapter}, device="cpu")
+    for feedback in (store, None):
+        with running(create_app(predictor, feedback=feedback)) as url:
+            page.send("Page.navigate", url=url + "/")
+            page.wait_for("document.querySelectorAll('#adapter option').length === 1", "the adapter list")
+            page.type_into("#texts", POSTS[0])
+            page.click("#submit")
+            page.wait_for("document.querySelectorAll('#results .result').length === 1", "the result")
+            assert page.eval("document.querySelector('.fix select').hidden")
+            page.click(".fix .toggle")
+            predicted = page.eval("document.querySelector('.result').dataset.label")
+            chosen = page.eval("document.querySelector('.fix select').value")
+            assert chosen != predicted  # the other label is offered first
+            page.click(".fix button:nth-of-type(2)")
+            status = page.wait_for("document.querySelector('.fix .status.ok, .fix .status.bad')?.textContent",
+                                   "the correction's answer")
+            if feedback is not None:
+                names = {"positive": "积极 Positive", "negative": "消极 Negative"}
+                assert status == "✓ 已记录 / Saved: " + names[chosen]
+                stored = [(c.text, c.predicted_label, c.corrected_label) for c in FeedbackStore(store).read()]
+                assert stored == [(POSTS[0], predicted, chosen)]
+            else:
+                assert status == ("未记录 / Not saved: feedback is off: start the server with --feedback FILE or "
+                                  "--adapter-root DIR")
+    assert len(FeedbackStore(store).read()) == 1  # the refused one went nowhere

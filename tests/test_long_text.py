@@ -244,6 +244,11 @@ def test_serve_reads_windows_server_wide_and_per_request(predictor):
         np.testing.assert_allclose(probs(c), windowed, atol=2e-6)
         np.testing.assert_allclose(probs(c, long_text="truncate"), truncated, atol=2e-6)
         assert c.post("/v1/predict", json={"texts": texts, "long_text": "all"}).status_code == 422
+        # Explanations cover the first window: refused for texts read in windows, not for truncated ones.
+        refused = c.post("/v1/predict", json={"texts": texts, "explain": True})
+        assert (refused.status_code, refused.json()) == (422, {"error": (
+            'explain covers a text\'s first max-length tokens only, not windows: ask with "long_text": "truncate"')})
+        assert probs(c, long_text="truncate", explain=True).shape == (2, 2)
     with running(create_app(predictor)) as url, httpx.Client(base_url=url, timeout=60) as c:
         np.testing.assert_allclose(probs(c), truncated, atol=2e-6)
         np.testing.assert_allclose(probs(c, long_text="window"), windowed, atol=2e-6)
@@ -274,6 +279,9 @@ def test_cli_predict_reads_long_texts_in_windows(cli, sample_adapter, predictor,
         "so that windows overlap"])
     alone = cli(*common, "--stride", "20")
     assert (alone.code, alone.err.splitlines()) == (2, ["error: --stride 20: only with --long-text window"])
+    explained = cli(*common, "--long-text", "window", "--explain")
+    assert (explained.code, explained.err.splitlines()) == (2, [
+        "error: --explain covers a text's first max-length tokens only: not with --long-text window"])
 
 
 def test_cli_evaluate_reports_the_windows(cli, sample_adapter, tmp_path):

@@ -113,6 +113,11 @@ def _recipe_section(run: dict) -> str:
              f"target modules {', '.join(f'`{m}`' for m in lora.get('target_modules') or [])}; the classifier head "
              "(`score`) is " + ("the weighted sum of the combined adapters' heads" if run.get("combination")
                                 else "trained in full") + " and saved with the adapter"]
+    if parent := run.get("parent"):  # train --init-adapter
+        items.insert(0, f"- continued from the adapter `{Path(parent['path']).name}` (weights sha256 "
+                        f"`{parent['weights_sha256'][:16]}`, base fingerprint `{parent['base_fingerprint']}`, "
+                        f"generation {parent.get('generation', 0)}): its weights were the start, on new data mixed "
+                        "with a replay sample of old data (the data table)")
     if training:
         epochs = training.get("epochs")
         steps = training.get("max_steps", -1)

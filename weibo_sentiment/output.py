@@ -27,8 +27,11 @@ from .tables import file_format
 PREDICTION_COLUMNS = {"label_name", "confidence"}
 JSON_KINDS = {"metrics": {"accuracy", "macro_f1", "confusion_matrix"},
               "loadtest": {"requests", "latency_ms", "requests_per_s"}}
+# CSV kinds by header columns: feedback export's training CSV, select's posts to label.
+CSV_KINDS = {"feedback": {"label", "review", "corrected_at"}, "to-label": {"predicted_label", "confidence", "label"}}
 KIND_NAMES = {"predictions": "a predictions file", "metrics": "a metrics file", "loadtest": "a load-test report",
-              "plot": "a picture"}  # plot: a PNG with our Software text chunk (is_our_png)
+              "plot": "a picture",  # plot: a PNG with our Software text chunk (is_our_png)
+              "feedback": "a feedback export", "to-label": "a file of posts to label"}
 SOFTWARE = "weibo-sentiment"  # the PNG `Software` text chunk of every picture we write
 
 
@@ -81,6 +84,8 @@ def _is_ours(path: Path, kind: str) -> bool:
             except ValueError:
                 return False
         return PREDICTION_COLUMNS <= set(next(csv.reader([first]), []))
+    if kind in CSV_KINDS:
+        return CSV_KINDS[kind] <= set(next(csv.reader([first]), []))
     if kind in JSON_KINDS:
         try:
             return JSON_KINDS[kind] <= set(json.loads(path.read_text(encoding="utf-8")))
@@ -292,6 +297,15 @@ def write_json_record(path: Path, record: dict) -> None:
 
 
 # ---- tables and reports --------------------------------------------------------------------------------
+def csv_cell(value):
+    """A value as a CSV cell: None empty, a list (an explanation's spans) as JSON, anything else as it is."""
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value, ensure_ascii=False)
+    return value
+
+
 def write_rows(rows: Iterable[dict], f: IO[str], fmt: str) -> None:
     rows = list(rows)
     if fmt == "jsonl":
@@ -301,7 +315,7 @@ def write_rows(rows: Iterable[dict], f: IO[str], fmt: str) -> None:
         if rows:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
-            writer.writerows(rows)
+            writer.writerows({k: csv_cell(v) for k, v in row.items()} for row in rows)
     else:
         raise UserError(f"unknown output format {fmt!r} (choose csv or jsonl)")
 

@@ -16,6 +16,7 @@ from peft import LoraConfig, TaskType, get_peft_model
 from sklearn.metrics import accuracy_score, f1_score
 from transformers import Trainer, set_seed
 
+from . import warm_start
 from .adapter_io import SAVE_DTYPES, base_fingerprint, package_versions
 from .adapter_store import save_adapter
 from .batches import PaddedBatches, encode
@@ -57,10 +58,10 @@ RESUME_RULES = ResumeRules(
         "validation_split": "--validation-split", "max_length": "--max-length", "lora_r": "--lora-r",
         "lora_alpha": "--lora-alpha", "lora_dropout": "--lora-dropout", "target_modules": "--target-modules",
         "precision": "precision", "emoticon_dropout": "--emoticon-dropout", "world_size": "number of processes",
-        "gradient_accumulation_steps": "--gradient-accumulation-steps",
+        "gradient_accumulation_steps": "--gradient-accumulation-steps", **warm_start.RESUME_NAMES,
     },
     # What a marker written before a setting joined the identity means by its absence.
-    defaults={"emoticon_dropout": 0.0, "world_size": 1, "gradient_accumulation_steps": 1},
+    defaults={"emoticon_dropout": 0.0, "world_size": 1, "gradient_accumulation_steps": 1, **warm_start.RESUME_DEFAULTS},
     extensible=frozenset({"epochs", "max_steps"}),  # a finished run kept with --keep-checkpoints may train longer
     unset={"validation_data_sha256": "none (split off --data)"},
 )
@@ -70,7 +71,7 @@ RECORDED_SETTINGS = ("validation_split", "lr", "batch_size", "gradient_accumulat
 
 
 @dataclass(kw_only=True)
-class TrainConfig(RunConfig):
+class TrainConfig(RunConfig, warm_start.Options):
     """Everything a training run needs; the defaults are the original recipe's."""
 
     output: str = "best_weibo_sentiment_lora"
@@ -139,14 +140,14 @@ def load_training_data(config: TrainConfig) -> tuple[LabelledData, tuple, tuple,
     """Validate every input file, then split; nothing here touches a model."""
     options = dict(text_column=config.text_column, label_column=config.label_column, encoding=config.encoding)
     data = load_labelled(config.data, label_names=config.label_names, text_labels=config.text_labels, **options)
+    data, files = warm_start.with_replay(config, data)
     if config.validation_data:
         val = load_labelled(config.validation_data, label_names=data.label_names, text_labels=config.text_labels,
                             min_classes=1, **options)
         train_split, val_split = (data.texts, data.labels), (val.texts, val.labels)
-        files = {"train": data.summary(), "validation": val.summary()}
+        files["validation"] = val.summary()
     else:
         train_split, val_split = stratified_split(data, config.validation_split, config.seed)
-        files = {"train": data.summary()}
     return data, train_split, val_split, files
 
 
@@ -164,7 +165,7 @@ def run_identity(config: TrainConfig, files: dict, label_names: list[str], base_
         "validation_split": None if validation else config.validation_split, "max_length": config.max_length,
         "lora_r": config.lora_r, "lora_alpha": config.lora_alpha, "lora_dropout": config.lora_dropout,
         "target_modules": list(config.target_modules), "precision": precision,
-        "emoticon_dropout": config.emoticon_dropout,
+        "emoticon_dropout": config.emoticon_dropout, **warm_start.resume_identity(config, files),
     }
     if world_size > 1 or config.gradient_accumulation_steps > 1:  # absent: 1 (see RESUME_RULES.defaults)
         identity.update(world_size=world_size, gradient_accumulation_steps=config.gradient_accumulation_steps)
@@ -244,7 +245,7 @@ def build_trainer(config: TrainConfig, prepared: Prepared,
     model = load_classifier(prepared.base_dir, prepared.data.label_names, prepared.tokenizer,
                             attn_implementation="sdpa")
     fast_activations(model)
-    model = get_peft_model(model, lora_config(config))
+    model = warm_start.start_model(model, config) if config.init_adapter else get_peft_model(model, lora_config(config))
     if not torch.cuda.is_available():
         fast_dropout(model)
     if prepared.ranks.main:
@@ -363,7 +364,7 @@ def report(config: TrainConfig, prepared: Prepared, model: torch.nn.Module, trai
         "calibration": calibration,
         "tokens": {"real": collator.real_tokens, "processed": collator.padded_tokens,
                    "padding_share": round(collator.padding_share(), 4)},
-        "versions": package_versions(),
+        "versions": package_versions(), **warm_start.parent_record(config),
     }
 
 
@@ -377,8 +378,10 @@ def save(config: TrainConfig, prepared: Prepared, model: torch.nn.Module, traine
 def train(config: TrainConfig, callbacks: list | None = None) -> TrainResult:
     """Fine-tune a LoRA adapter and write the best one (by validation macro-F1) to `config.output`.
 
-    `callbacks` are extra `transformers.TrainerCallback`s (the benchmark times steps with one).
+    `callbacks` are extra `transformers.TrainerCallback`s (the benchmark times steps with one). With
+    `config.init_adapter` it continues that adapter instead of starting a new one (weibo_sentiment.warm_start).
     """
+    config = warm_start.inherit(config)  # a continued adapter: its parent's base, labels and LoRA shape
     prepared = setup(config)
     model, trainer, collator = build_trainer(config, prepared, callbacks)
     run_loop(trainer, config, prepared.resume_from)

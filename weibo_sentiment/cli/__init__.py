@@ -14,7 +14,7 @@ import sys
 import warnings
 
 from ..errors import UserError
-from . import evaluate, models, predict, serve, train
+from . import evaluate, feedback, models, predict, select, serve, train
 
 
 def quiet_libraries() -> None:
@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="show library log messages too")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for family in (train, evaluate, predict, models, serve):  # the order `--help` lists the commands in
+    # the order `--help` lists the commands in
+    for family in (train, evaluate, predict, models, serve, feedback, select):
         family.add_commands(sub)
     return parser
 

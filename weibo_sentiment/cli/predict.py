@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 
@@ -42,6 +43,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-confidence", type=float, metavar="X",
                    help="mark predictions whose confidence is below X (0 < X < 1) as uncertain: an `uncertain` "
                         "column in files, '(uncertain)' on the console; the label stays the most likely one")
+    p.add_argument("--explain", type=int, nargs="?", const=5, metavar="K",
+                   help="add each text's K (default 5) most influential spans of its own text with signed weights "
+                        "(positive: supports the label) and the completeness error: integrated gradients on the "
+                        "torch backend, tens of times a prediction's cost (docs/explanations.md)")
     p.add_argument("--engine", default="local", choices=["local", "ray"],
                    help="local (default: this process, streaming) or ray: --input's shards (a file, directory or "
                         "glob) scored by a pool of Ray actors into the directory --output")
@@ -62,6 +67,7 @@ def run_predict(args: argparse.Namespace) -> int:
     from ..inference import load_predictor
 
     check_min_confidence(args.min_confidence)  # before loading the model
+    check_explain(args)
     if args.engine == "ray":
         if args.long_text != "truncate":
             raise UserError("--long-text window: only with --engine local")
@@ -78,8 +84,12 @@ def run_predict(args: argparse.Namespace) -> int:
     if args.text:
         preds = predictor.predict(args.text, batch_size=args.batch_size)
         warn_truncated(predictor, preds)
-        for pred in preds:
+        explained = with_explanations(predictor, preds, [{} for _ in preds], args.explain)
+        for pred, row in zip(preds, explained):
             print(f"{pred.text}\n{result_line(pred, args.min_confidence)}")
+            if row:
+                print(f"Explanation: {json.dumps(row['explanation'], ensure_ascii=False)} "
+                      f"(completeness error {row['completeness_error']:.2g})")
         return 0
     if args.input and str(args.input) != "-":
         return stream_file(predictor, args)
@@ -91,6 +101,30 @@ def run_predict(args: argparse.Namespace) -> int:
 def check_min_confidence(value: float | None) -> None:
     if value is not None and not 0 < value < 1:
         raise UserError(f"--min-confidence {value:g}: must be between 0 and 1 (exclusive)")
+
+
+def check_explain(args: argparse.Namespace) -> None:
+    """Refuse `--explain` where it cannot work, before the model loads."""
+    if args.explain is None:
+        return
+    from ..explanation import NOT_TORCH, check_top_k
+
+    check_top_k(args.explain)
+    if args.backend != "torch" or args.model:
+        raise UserError(NOT_TORCH)
+    if args.engine == "ray" or not (args.text or args.input):
+        raise UserError("--explain is for --text and --input (with --engine local)")
+    if args.long_text == "window":
+        raise UserError("--explain covers a text's first max-length tokens only: not with --long-text window")
+
+
+def with_explanations(predictor, preds, rows: list[dict], k: int | None) -> list[dict]:
+    """`rows` with each prediction's explanation added when `--explain K` asks for it."""
+    if k is not None:
+        from ..explanation import add_explanations
+
+        add_explanations(predictor, preds, rows, k)
+    return rows
 
 
 def warn_truncated(predictor, preds) -> None:
@@ -129,7 +163,7 @@ def stream_file(predictor, args: argparse.Namespace) -> int:
                           id_column=args.id_column, keep_columns=args.keep_columns, fmt=args.format,
                           batch_size=args.batch_size, chunk_size=args.chunk_size,
                           min_confidence=args.min_confidence, resume=args.resume,
-                          progress=False if args.quiet else None)
+                          progress=False if args.quiet else None, explain=args.explain)
     if result.output is not None:
         resumed = f" (resumed after row {result.resumed_from})" if result.resumed_from else ""
         print(f"{result.rows} predictions written to {result.output}{resumed}", file=sys.stderr)
@@ -149,14 +183,13 @@ def predict_stdin(predictor, args: argparse.Namespace) -> int:
                                          progress=sys.stderr.isatty())
         warn_truncated(predictor, preds)
         rows = [{"adapter": p.adapter, **output_row(p, args.min_confidence)} for p in preds]
-        columns = list(dict.fromkeys(k for row in rows for k in row))  # adapters may have other label sets
-        write_table(({k: row.get(k) for k in columns} for row in rows), args.output, args.format,
-                    inputs=[args.input])
     else:
         preds = predictor.predict(texts, batch_size=args.batch_size, progress=sys.stderr.isatty())
         warn_truncated(predictor, preds)
-        write_table((output_row(p, args.min_confidence) for p in preds), args.output, args.format,
-                    inputs=[args.input])
+        rows = [output_row(p, args.min_confidence) for p in preds]
+    rows = with_explanations(predictor, preds, rows, args.explain)
+    columns = list(dict.fromkeys(k for row in rows for k in row))  # adapters may have other label sets
+    write_table(({k: row.get(k) for k in columns} for row in rows), args.output, args.format, inputs=[args.input])
     if args.output and str(args.output) != "-":
         print(f"{len(preds)} predictions written to {args.output}", file=sys.stderr)
     return 0

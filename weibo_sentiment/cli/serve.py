@@ -40,6 +40,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="extra Host header names to answer to (e.g. behind a proxy); every request naming another "
                         "host gets 400. Always accepted: the loopback names and the --host name, and for 0.0.0.0 "
                         "or :: this machine's host name and addresses; '*' accepts any (not advised)")
+    p.add_argument("--feedback", metavar="FILE",
+                   help="let POST /v1/feedback (and the web page) append label corrections to this JSONL store "
+                        "(default: feedback.jsonl in --adapter-root when given, else off)")
+    p.add_argument("--feedback-max-bytes", type=int, default=64 * 1024 * 1024, metavar="N",
+                   help="size of the feedback store beyond which corrections get 507 (default: 64 MiB)")
     base_args(p, None)
     p.set_defaults(func=run_serve)
 
@@ -53,4 +58,5 @@ def run_serve(args: argparse.Namespace) -> int:
                  max_texts=args.max_texts, max_chars=args.max_chars, max_body_bytes=args.max_body_bytes,
                  batch_wait_ms=args.batch_wait_ms, batch_size=args.batch_size, allowed_hosts=args.allow_host,
                  threads=args.threads, max_queue=args.max_queue, calibrated=not args.no_calibration,
-                 allow_other_base=args.allow_other_base, long_text=args.long_text, stride=args.stride)
+                 allow_other_base=args.allow_other_base, feedback=args.feedback,
+                 feedback_max_bytes=args.feedback_max_bytes, long_text=args.long_text, stride=args.stride)

@@ -64,7 +64,16 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--validation-split", type=float, default=0.1, help="share held out for validation (default 0.1)")
     p.add_argument("--output", default="best_weibo_sentiment_lora", help="adapter directory to write")
     base_args(p, DEFAULT_BASE)
+    p.set_defaults(base_model=None)  # not given: the default, or with --init-adapter the parent's base
     data_args(p)
+    p.add_argument("--init-adapter", metavar="DIR",
+                   help="continue training this adapter (same base and label names, else refused; its LoRA shape "
+                        "and max length are kept): a NEW adapter is written to --output, recording its parent")
+    p.add_argument("--replay", metavar="FILE",
+                   help="with --init-adapter: labelled data the adapter learned from; a seeded sample of it is mixed "
+                        "into --data so that it does not forget what it knew")
+    p.add_argument("--replay-ratio", type=float, default=1.0, metavar="R",
+                   help="replay rows per --data row (default: 1)")
     p.add_argument("--label-names", nargs="+", metavar="NAME",
                    help="names of labels 0..N-1 (default for 2 labels: negative positive); "
                         "'auto' when the label column holds text: the sorted distinct values become the labels")
@@ -112,7 +121,8 @@ def run_train(args: argparse.Namespace) -> int:
         else:
             label_names = [n for part in args.label_names for n in part.split(",") if n]
     config = TrainConfig(
-        data=args.data, output=args.output, base_model=args.base_model, model_dir=args.model_dir,
+        data=args.data, output=args.output, model_dir=args.model_dir,
+        base_model=args.base_model or (None if args.init_adapter else DEFAULT_BASE),  # None: the parent's
         validation_data=args.validation_data, validation_split=args.validation_split,
         text_column=args.text_column, label_column=args.label_column, encoding=args.encoding,
         label_names=label_names, text_labels=text_labels,
@@ -124,7 +134,7 @@ def run_train(args: argparse.Namespace) -> int:
         emoticon_dropout=args.emoticon_dropout,
         precision=args.precision, save_dtype=args.save_dtype, checkpoint_dir=args.checkpoint_dir,
         save_steps=args.save_steps, resume=args.resume, restart=args.restart, keep_checkpoints=args.keep_checkpoints,
-        report_to=args.report_to,
+        report_to=args.report_to, init_adapter=args.init_adapter, replay=args.replay, replay_ratio=args.replay_ratio,
     )
     result = train(config)
     if not result.main_process:  # torchrun / accelerate launch: rank 0 reports
@@ -134,6 +144,8 @@ def run_train(args: argparse.Namespace) -> int:
           f"(epoch {best['epoch']:g}); padding share {result.run['tokens']['padding_share']:.1%}")
     stripped = result.run["validation_stripped"]
     print(f"With emoticons stripped: accuracy {stripped['accuracy']:.4f}, macro-F1 {stripped['macro_f1']:.4f}")
+    if parent := result.run.get("parent"):
+        print(f"Continued from {parent['path']} (weights sha256 {parent['weights_sha256'][:16]})")
     print(f"Adapter saved to {result.output}")
     return 0
 

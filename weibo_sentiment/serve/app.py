@@ -23,12 +23,16 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
 from ..errors import UserError
+from ..feedback import MAX_STORE_BYTES, FeedbackStore
 from ..inference.windows import LongText, window_width
 from .batcher import BATCH_WAIT_MS, MAX_BATCH_TEXTS, MAX_QUEUE, ClientGone, MicroBatcher, answer_unless_gone
+from .feedback_route import add_feedback_route, feedback_store
 from .guard import NOT_JSON, Guard, body_too_large, default_max_body_bytes, is_json, resolve_adapter_path
 from .schemas import (
     ADAPTER_NAME,
     MAX_CHARS,
+    MAX_EXPLAIN_SPANS,
+    MAX_EXPLAIN_TEXTS,
     MAX_TEXTS,
     AdapterOut,
     AdaptersResponse,
@@ -63,6 +67,8 @@ class AppSettings:
     batch_size: int = 32  # texts per model call
     max_queue: int = MAX_QUEUE  # texts waiting for the model; beyond it requests get 503 + Retry-After
     allowed_hosts: Sequence[str] | None = None  # Host header values accepted (None: any)
+    feedback: str | Path | None = None  # the feedback store (default: feedback.jsonl in the adapter root)
+    feedback_max_bytes: int = MAX_STORE_BYTES  # beyond it /v1/feedback answers 507
     # How texts longer than the max length are read unless a request says: `truncate` or `window` (None: as the
     # predictor reads them, which is truncation unless its `long_text` was set); `stride`: tokens between windows.
     long_text: str | None = None
@@ -79,7 +85,8 @@ class Service:
     max_texts: int
     max_chars: int
     max_body_bytes: int
-    long_text: LongText | None  # the server's reading of long texts (None: the predictor's); requests may differ
+    feedback: FeedbackStore | None = None  # the store /v1/feedback appends to; None: feedback is off
+    long_text: LongText | None = None  # the server's reading of long texts (None: the predictor's); requests may differ
 
 
 def create_app(predictor, settings: AppSettings | None = None, **options) -> FastAPI:
@@ -106,6 +113,7 @@ def create_app(predictor, settings: AppSettings | None = None, **options) -> Fas
     add_predict_route(app, service)
     add_adapter_routes(app, service)
     add_default_route(app, service)
+    add_feedback_route(app, predictor, batcher, service.feedback, service.max_chars)
     app.add_middleware(Guard, api_key=settings.api_key, allowed_hosts=settings.allowed_hosts,
                        max_body_bytes=service.max_body_bytes, routes=app.router.routes)
     app.openapi = openapi_with_limits(app, service.max_texts, service.max_chars)
@@ -135,7 +143,8 @@ def build_service(predictor, settings: AppSettings) -> Service:
             LongText("window", stride=settings.stride).step(window_width(predictor.tokenizer, info.max_length))
     batcher = MicroBatcher(predictor, wait_ms=settings.batch_wait_ms, batch_size=settings.batch_size,
                            max_batch_texts=max(MAX_BATCH_TEXTS, max_texts), max_queue=settings.max_queue)
-    return Service(predictor, batcher, root, max_texts, max_chars, max_body_bytes, long_text)
+    return Service(predictor, batcher, root, max_texts, max_chars, max_body_bytes,
+                   feedback_store(settings.feedback, root, settings.feedback_max_bytes), long_text)
 
 
 # ---- errors: every one answered as {"error": message} -----------------------------------------------------
@@ -220,26 +229,58 @@ def add_read_routes(app: FastAPI, service: Service, page: str) -> None:
 def add_predict_route(app: FastAPI, service: Service) -> None:
     predictor, batcher = service.predictor, service.batcher
 
-    @app.post("/v1/predict", response_model=PredictResponse, responses=BUSY,
+    @app.post("/v1/predict", response_model=PredictResponse, responses=BUSY, response_model_exclude_none=True,
               summary="Classify texts with one adapter (default: the server's default adapter)")
     async def predict(body: PredictRequest, request: Request):
         texts = body.texts
         check_texts(texts, service.max_texts, service.max_chars)
+        if body.explain:
+            check_explain(predictor, len(texts), body.explain_top)
         name = body.adapter or predictor.default
         if name not in predictor.adapters:
             raise ApiError(404, unknown_adapter(name, predictor))
+        long_text = service.long_text
+        if body.long_text is not None:
+            long_text = LongText.of(body.long_text, service.long_text or predictor.long_text)
+        if body.explain and (long_text or predictor.long_text).windowed:
+            raise ApiError(422, 'explain covers a text\'s first max-length tokens only, not windows: ask with '
+                                '"long_text": "truncate"')
         try:
             # Under uvicorn a handler is not cancelled when its client goes: watch for it, and drop the job.
-            long_text = service.long_text
-            if body.long_text is not None:
-                long_text = LongText.of(body.long_text, service.long_text or predictor.long_text)
             revision, preds = await answer_unless_gone(batcher.submit(name, texts, long_text), request.receive)
         except UserError as e:  # the adapter was removed while the request waited
             raise ApiError(404, str(e)) from e
-        return PredictResponse(adapter=name, revision=revision, predictions=[
-            PredictionOut(label=p.label, label_name=p.label_name, confidence=round(p.confidence, 6),
-                          probabilities={k: round(v, 6) for k, v in p.probabilities.items()})
-            for p in preds])
+        out = [PredictionOut(label=p.label, label_name=p.label_name, confidence=round(p.confidence, 6),
+                             probabilities={k: round(v, 6) for k, v in p.probabilities.items()}) for p in preds]
+        if body.explain:
+            await add_explanations(batcher, preds, out, body.explain_top)
+        return PredictResponse(adapter=name, revision=revision, predictions=out)
+
+
+def check_explain(predictor, n_texts: int, top: int) -> None:
+    """Refuse an explanation request the server will not answer, before any model work."""
+    from ..explanation import require_torch_model
+
+    require_torch_model(predictor)  # a UserError (422) on the ONNX backend
+    if n_texts > MAX_EXPLAIN_TEXTS:
+        raise ApiError(413, f"{n_texts} texts to explain in one request; the limit is {MAX_EXPLAIN_TEXTS}")
+    if not 1 <= top <= MAX_EXPLAIN_SPANS:
+        raise ApiError(422, f"explain_top: must be between 1 and {MAX_EXPLAIN_SPANS}")
+
+
+async def add_explanations(batcher: MicroBatcher, preds: list, out: list[PredictionOut], top: int) -> None:
+    """Explain each prediction's label on the model thread (between batches, never beside a hot swap)."""
+    from ..explanation import explain
+
+    try:
+        explanations = await batcher.call(lambda: explain(batcher.predictor, [p.text for p in preds],
+                                                          [p.adapter for p in preds], labels=[p.label for p in preds]))
+    except UserError as e:  # the adapter was removed since it answered
+        raise ApiError(404, str(e)) from e
+    for o, e in zip(out, explanations, strict=True):
+        o.explanation = [(span, weight) for span, weight in e.top(top)]
+        o.explanation_offsets = [(start, end) for start, end, _ in e.ranked(top)]
+        o.completeness_error = round(e.delta, 6) + 0.0
 
 
 def check_texts(texts: list[str], max_texts: int, max_chars: int) -> None:
@@ -330,13 +371,14 @@ def add_default_route(app: FastAPI, service: Service) -> None:
 
 
 def openapi_with_limits(app: FastAPI, max_texts: int, max_chars: int) -> Callable[[], dict]:
-    """`app.openapi` with this server's maxima added to PredictRequest.texts."""
+    """`app.openapi` with this server's maxima added to PredictRequest.texts and FeedbackRequest.text."""
     def openapi() -> dict:
         if app.openapi_schema is None:
             schema = type(app).openapi(app)  # FastAPI's own, which caches it in app.openapi_schema
             texts = schema["components"]["schemas"]["PredictRequest"]["properties"]["texts"]
             texts["maxItems"] = max_texts
             texts["items"]["maxLength"] = max_chars
+            schema["components"]["schemas"]["FeedbackRequest"]["properties"]["text"]["maxLength"] = max_chars
         return app.openapi_schema
 
     return openapi

@@ -9,6 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 MAX_TEXTS = 256
 MAX_CHARS = 2000
+# An explanation costs tens of predictions (docs/explanations.md) and holds the model thread meanwhile.
+MAX_EXPLAIN_TEXTS = 16
+MAX_EXPLAIN_SPANS = 50
 ADAPTER_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # URL-safe; PEFT holds adapters under keys of its own
 
 
@@ -37,6 +40,10 @@ Text = Annotated[str, Field(json_schema_extra={"minLength": 1, "pattern": r"\S"}
 class PredictRequest(Strict):
     texts: list[Text] = Field(description="posts to classify", json_schema_extra={"minItems": 1})
     adapter: str | None = Field(None, description="adapter name (default: the server's default adapter)")
+    explain: bool = Field(False, description=f"add each text's most influential spans (at most {MAX_EXPLAIN_TEXTS} "
+                                             "texts; torch backend)")
+    explain_top: int = Field(5, description="how many spans to return per text",
+                             json_schema_extra={"minimum": 1, "maximum": MAX_EXPLAIN_SPANS})
     long_text: Literal["truncate", "window"] | None = Field(
         None, description="texts longer than the adapter's max length: truncated, or read whole in overlapping "
                           "windows (default: the server's --long-text)")
@@ -47,6 +54,13 @@ class PredictionOut(BaseModel):
     label_name: str
     confidence: float
     probabilities: dict[str, float]
+    explanation: list[tuple[str, float]] | None = Field(
+        None, description="with explain: [[span, weight], ...], largest |weight| first; a positive weight "
+                          "supports the label (integrated gradients of its calibrated probability)")
+    explanation_offsets: list[tuple[int, int]] | None = Field(
+        None, description="with explain: [start, end) of each span in the text, in Unicode code points")
+    completeness_error: float | None = Field(
+        None, description="with explain: sum of all weights minus (probability - the [PAD] baseline's)")
 
 
 class PredictResponse(BaseModel):
@@ -97,3 +111,19 @@ class HealthOut(BaseModel):
     dropped_requests: int = Field(description="requests dropped unanswered because their client went away")
     dropped_texts: int
     model_calls: int
+
+
+class FeedbackRequest(Strict):
+    text: Text = Field(description="the post, as it was classified")
+    adapter: str | None = Field(None, description="the adapter that classified it (default: the server's default)")
+    revision: int | None = Field(None, ge=1, description="the adapter revision that answered (default: the current)")
+    predicted_label: str = Field(description="the label name the adapter gave")
+    corrected_label: str = Field(description="the right label name, one of the adapter's labels")
+
+
+class FeedbackOut(BaseModel):
+    adapter: str
+    revision: int
+    predicted_label: str
+    corrected_label: str
+    time: str = Field(description="when it was stored (ISO 8601, UTC)")

@@ -13,6 +13,8 @@ from ..tables import ROUTING_COLUMN
 
 logger = logging.getLogger(__name__)
 
+EXPLANATION_COLUMNS = ["explanation", "completeness_error"]  # `predict --explain`: weibo_sentiment.explanation
+
 
 def output_row(pred, min_confidence: float | None) -> dict:
     """A prediction's output columns; with `min_confidence` an `uncertain` column follows `confidence`."""
@@ -24,16 +26,18 @@ def output_row(pred, min_confidence: float | None) -> dict:
     return dict([*items[:at], ("uncertain", pred.confidence < min_confidence), *items[at:]])
 
 
-def output_columns(predictor, routing: bool, id_column: str | None, min_confidence: float | None) -> list[str]:
+def output_columns(predictor, routing: bool, id_column: str | None, min_confidence: float | None,
+                   explain: bool = False) -> list[str]:
     """The columns of `predictor`'s predictions table, fixed before the first row: with `routing` (rows name
-    their adapter) one prob_<label> column for each label of every adapter, which may have other label sets."""
+    their adapter) one prob_<label> column for each label of every adapter, which may have other label sets;
+    with `explain` the explanation's columns after them."""
     label_names: list[str] = []
     for name, info in predictor.adapters.items():
         if routing or name == predictor.default:
             label_names += [n for n in info.label_names if n not in label_names]
     columns = ([id_column] if id_column else []) + ([ROUTING_COLUMN] if routing else [])
     columns += ["text", "label", "label_name", "confidence"] + (["uncertain"] if min_confidence is not None else [])
-    return columns + [f"prob_{n}" for n in label_names]
+    return columns + [f"prob_{n}" for n in label_names] + (EXPLANATION_COLUMNS if explain else [])
 
 
 def count_truncated_by_length(predictor, preds: Iterable) -> dict[int, int]:

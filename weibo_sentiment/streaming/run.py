@@ -45,6 +45,7 @@ def predict_file(
     min_confidence: float | None = None,
     resume: bool = False,
     progress: bool | None = None,
+    explain: int | None = None,
 ) -> StreamResult:
     """Predict every text of `input` (CSV/TSV, JSONL, Parquet, .txt) into `output` (.csv, .jsonl, .parquet;
     None or `-`: JSON lines, or `fmt`, on stdout), `chunk_size` rows at a time, in input order.
@@ -53,7 +54,8 @@ def predict_file(
     `adapter` sends each row to that adapter (blank: the predictor's default). `id_column` is copied into every
     output row (first column); `keep_columns` copies all other input columns after the prediction's (renamed
     `input_NAME` where a name is taken). `resume` continues an interrupted run; without it, the leftovers of one
-    are an error. `progress` (None: when stderr is a terminal) shows a bar on stderr.
+    are an error. `progress` (None: when stderr is a terminal) shows a bar on stderr. `explain` K adds each
+    row's K most influential spans and the completeness error (weibo_sentiment.explanation; torch only).
 
     Memory stays flat whatever the file's length (`Predictor.predict` sorts each chunk by length, so batches
     pad little). The output path is touched only once, complete; a resumed run's final file equals an
@@ -66,9 +68,9 @@ def predict_file(
     out_fmt = _check_output(out_path, fmt, resume, input)
     source = Source(input, text_column=text_column, encoding=encoding, id_column=id_column,
                     keep_columns=keep_columns, chunk_size=chunk_size).open()
-    columns, renamed, types = _columns(predictor, source, id_column, min_confidence)
+    columns, renamed, types = _columns(predictor, source, id_column, min_confidence, explain is not None)
     fingerprint = run_fingerprint(predictor, out_fmt, columns, {
-        "min_confidence": min_confidence, "text_column": text_column, "id_column": id_column,
+        "explain": explain, "min_confidence": min_confidence, "text_column": text_column, "id_column": id_column,
         "keep_columns": keep_columns, "encoding": encoding, "batch_size": batch_size, "chunk_size": chunk_size,
         **long_text_option(predictor)})
     state = Progress.start(out_path, fingerprint, source, resume)
@@ -83,7 +85,7 @@ def predict_file(
         started = time.monotonic()
         for chunk in _chunks(rows, chunk_size):
             predicted = _predict_chunk(predictor, source, chunk, id_column, source.routing, renamed, batch_size,
-                                       min_confidence, state.truncated)
+                                       min_confidence, state.truncated, explain)
             state.chunks += 1
             state.partial_bytes = sink.write(predicted, state.chunks)
             state.rows_done += len(chunk)
@@ -134,11 +136,11 @@ def _check_output(out_path: Path | None, fmt: str | None, resume: bool, input: P
     return out_fmt
 
 
-def _columns(predictor, source: Source, id_column: str | None,
-             min_confidence: float | None) -> tuple[list[str], dict[str, str], dict]:
+def _columns(predictor, source: Source, id_column: str | None, min_confidence: float | None,
+             explain: bool) -> tuple[list[str], dict[str, str], dict]:
     """The output's columns (fixed before the first row), the output names of the kept input columns, and
     the arrow types of the input columns copied (for a Parquet output)."""
-    columns = output_columns(predictor, source.routing, id_column, min_confidence)
+    columns = output_columns(predictor, source.routing, id_column, min_confidence, explain)
     if id_column and columns.count(id_column) > 1:
         raise UserError(f"--id-column {id_column}: the predictions have a column of that name; the id needs "
                         "a column of its own (keep it with --keep-columns instead)")
@@ -195,7 +197,7 @@ def _finish(sink: Sink, state: Progress, input: Path) -> None:
 
 def _predict_chunk(predictor, source: Source, chunk: Sequence[Row], id_column: str | None, routing: bool,
                    renamed: dict[str, str], batch_size: int, min_confidence: float | None,
-                   truncated: dict[int, int]) -> list[dict]:
+                   truncated: dict[int, int], explain: int | None = None) -> list[dict]:
     texts = [r.text for r in chunk]
     if routing:
         names = []
@@ -215,7 +217,12 @@ def _predict_chunk(predictor, source: Source, chunk: Sequence[Row], id_column: s
         if routing:
             row[ROUTING_COLUMN] = p.adapter
         row.update(output_row(p, min_confidence))
+        rows.append(row)
+    if explain is not None:
+        from ..explanation import add_explanations  # (captum: only when asked for)
+
+        add_explanations(predictor, preds, rows, explain)
+    for r, row in zip(chunk, rows):
         for c, new in renamed.items():
             row[new] = r.values.get(c)
-        rows.append(row)
     return rows

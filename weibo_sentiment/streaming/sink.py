@@ -14,7 +14,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from ..output import atomic_open, replace_file, synced_file
+from ..output import atomic_open, csv_cell, replace_file, synced_file
 from ..tables import ROUTING_COLUMN
 from .record import Progress
 
@@ -31,8 +31,7 @@ class _TextSink:
 
     def write(self, rows: list[dict]) -> None:
         if self.fmt == "csv":
-            self.writer.writerows([["" if (v := row.get(c)) is None else v for c in self.columns]
-                                   for row in rows])
+            self.writer.writerows([[csv_cell(row.get(c)) for c in self.columns] for row in rows])
         else:
             dumps = json.dumps
             self.f.write("".join(dumps({c: row.get(c) for c in self.columns}, ensure_ascii=False) + "\n"
@@ -43,7 +42,8 @@ def _arrow_schema(columns: list[str], types: dict):
     import pyarrow as pa
 
     base = {"text": pa.string(), "label": pa.int64(), "label_name": pa.string(), "confidence": pa.float64(),
-            "uncertain": pa.bool_(), ROUTING_COLUMN: pa.string()}
+            "uncertain": pa.bool_(), ROUTING_COLUMN: pa.string(), "completeness_error": pa.float64(),
+            "explanation": pa.list_(pa.struct([("span", pa.string()), ("weight", pa.float64())]))}
     return pa.schema([(c, types.get(c) or base.get(c) or (pa.float64() if c.startswith("prob_") else pa.string()))
                       for c in columns])
 
