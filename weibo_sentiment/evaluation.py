@@ -8,11 +8,12 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
-from .calibration import brier, coverage_table, ece, nll, softmax
+from .calibration import brier, coverage_table, ece, nll
 from .data import LabelledData
 from .emoticons import strip_emoticons
 from .errors import file_error
 from .inference import Predictor
+from .inference.windows import window_width
 
 
 def classification_report(labels: list[int], predicted: list[int], label_names: list[str]) -> dict:
@@ -46,12 +47,13 @@ class Scores:
     temperature: float = 1.0  # what `probs` were divided by: the adapter's temperature, or 1 when uncalibrated
     adapter: str | None = None
     texts_only_emoticons: int = 0  # with strip: posts that were only emoticons, scored on a stand-in
+    windows: np.ndarray | None = None  # windows each text was read in (`LongText("window")`); None: truncated
 
 
 def score(predictor: Predictor, data: LabelledData, adapter: str | None = None, strip: bool = False,
           batch_size: int = 64, progress: bool = False) -> Scores:
-    """Predict every text of `data` with `adapter` once (one forward pass per row) and return both the
-    probabilities the predictor reports and the raw ones."""
+    """Predict every text of `data` with `adapter` once (one forward pass per row, or per window with the
+    predictor's `long_text` window) and return both the probabilities the predictor reports and the raw ones."""
     info = predictor.adapters[adapter or predictor.default]
     if data.num_labels > len(info.label_names):
         raise file_error(data.path, f"has labels up to {data.num_labels - 1}, but adapter {info.name!r} "
@@ -65,12 +67,12 @@ def score(predictor: Predictor, data: LabelledData, adapter: str | None = None, 
         emptied = sum(1 for t in texts if not t)
         texts = [t or "。" for t in texts]
     temperature = predictor.temperature(info.name)
-    logits = predictor.predict_logits(texts, info.name, batch_size=batch_size, progress=progress)
+    windows = predictor.predict_windows(texts, info.name, batch_size=batch_size, progress=progress)
     return Scores(labels=np.asarray(data.labels, dtype=np.int64),
-                  probs=softmax(logits, temperature).astype(np.float32),
-                  raw_probs=softmax(logits).astype(np.float32),
+                  probs=windows.probabilities(temperature).astype(np.float32),
+                  raw_probs=windows.probabilities().astype(np.float32),
                   label_names=list(info.label_names), temperature=temperature, adapter=info.name,
-                  texts_only_emoticons=emptied)
+                  texts_only_emoticons=emptied, windows=windows.windows if predictor.long_text.windowed else None)
 
 
 def calibration_report(scores: Scores) -> dict:
@@ -97,5 +99,11 @@ def evaluate(predictor: Predictor, data: LabelledData, adapter: str | None = Non
     report.update(adapter=info.name, data=str(data.path), strip_emoticons=strip)
     if strip:
         report["texts_only_emoticons"] = scores.texts_only_emoticons
+    if scores.windows is not None:
+        long_text = predictor.long_text
+        report.update(long_text=long_text.mode, stride=long_text.step(window_width(predictor.tokenizer,
+                                                                                   info.max_length)),
+                      combine=long_text.combine, texts_in_windows=int((scores.windows > 1).sum()),
+                      windows=int(scores.windows.sum()))
     report.update(temperature=info.temperature, calibrated=bool(predictor.calibrated), **calibration_report(scores))
     return report

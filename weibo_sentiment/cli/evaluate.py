@@ -5,7 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .options import adapter_args, apply_domain, base_args, calibration_args, data_args, domain_args
+from .options import (
+    adapter_args,
+    apply_domain,
+    base_args,
+    calibration_args,
+    data_args,
+    domain_args,
+    long_text_args,
+    set_long_text,
+)
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -22,6 +31,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                         "labels come from them)")
     calibration_args(p)
     domain_args(p)
+    long_text_args(p)
     base_args(p, None)
     data_args(p)
     p.set_defaults(func=run_evaluate)
@@ -43,6 +53,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
                                         device=args.device, calibrated=not args.no_calibration,
                                         allow_other_base=args.allow_other_base)
     apply_domain(predictor, args)
+    set_long_text(predictor, args)
     info = predictor.adapters[predictor.default]
     data = load_labelled(args.data, text_column=args.text_column, label_column=args.label_column,
                          encoding=args.encoding, label_names=info.label_names,
@@ -84,6 +95,10 @@ def format_report(report: dict) -> str:
         f"accuracy {report['accuracy']:.4f}   macro-F1 {report['macro_f1']:.4f}",
         f"{'':{width}}  precision  recall     f1  support",
     ]
+    if "long_text" in report:
+        lines.insert(1, f"long texts read whole: {report['texts_in_windows']} text(s) longer than the max length, "
+                        f"{report['windows']} windows in all (stride {report['stride']}, {report['combine']} of "
+                        f"their probabilities)")
     for name in names:
         c = report["per_class"][name]
         lines.append(f"{name:{width}}  {c['precision']:9.4f} {c['recall']:7.4f} {c['f1']:6.4f} {c['support']:8d}")

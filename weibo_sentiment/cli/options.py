@@ -70,3 +70,28 @@ def apply_domain(predictor, args: argparse.Namespace) -> None:
 def save_dtype_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save-dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                    help="dtype of the saved adapter weights")
+
+
+def long_text_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--long-text", default="truncate", choices=["truncate", "window"],
+                   help="texts longer than the adapter's max length: truncate (default: only their first max-length "
+                        "tokens are read) or window (read whole, in overlapping windows of max-length tokens whose "
+                        "calibrated probabilities are averaged; costs one forward pass per window, see "
+                        "docs/long-text.md)")
+    p.add_argument("--stride", type=int, metavar="TOKENS",
+                   help="with --long-text window: tokens from one window's start to the next, less than a window "
+                        "(default: half a window, 63 for max length 128, so every token has context on both sides "
+                        "in one of its two windows)")
+
+
+def set_long_text(predictor, args: argparse.Namespace, stride_alone: bool = False) -> None:
+    """Make `predictor` read long texts as --long-text and --stride say, refusing a stride that no loaded adapter's
+    windows can take before any text is read (`stride_alone`: --stride may come without --long-text window)."""
+    from ..errors import UserError
+    from ..inference.windows import LongText, window_width
+
+    if args.stride is not None and args.long_text != "window" and not stride_alone:
+        raise UserError(f"--stride {args.stride}: only with --long-text window")
+    predictor.long_text = LongText(args.long_text, stride=args.stride)
+    for info in predictor.adapters.values():
+        LongText("window", stride=args.stride).step(window_width(predictor.tokenizer, info.max_length))

@@ -8,7 +8,17 @@ import logging
 import sys
 
 from ..errors import UserError
-from .options import adapter_args, apply_domain, backend_args, base_args, calibration_args, data_args, domain_args
+from .options import (
+    adapter_args,
+    apply_domain,
+    backend_args,
+    base_args,
+    calibration_args,
+    data_args,
+    domain_args,
+    long_text_args,
+    set_long_text,
+)
 
 logger = logging.getLogger("weibo_sentiment")
 
@@ -40,6 +50,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                  model_help="a directory written by `weibo-sentiment export` (instead of --adapter)")
     calibration_args(p)
     domain_args(p)
+    long_text_args(p)
     p.add_argument("--min-confidence", type=float, metavar="X",
                    help="mark predictions whose confidence is below X (0 < X < 1) as uncertain: an `uncertain` "
                         "column in files, '(uncertain)' on the console; the label stays the most likely one")
@@ -69,6 +80,8 @@ def run_predict(args: argparse.Namespace) -> int:
     check_min_confidence(args.min_confidence)  # before loading the model
     check_explain(args)
     if args.engine == "ray":
+        if args.long_text != "truncate":
+            raise UserError("--long-text window: only with --engine local")
         return predict_on_ray(args)
     streamed = {"--id-column": args.id_column, "--keep-columns": args.keep_columns, "--resume": args.resume}
     if (given := [k for k, v in streamed.items() if v]) and (args.text or not args.input or args.input == "-"):
@@ -79,6 +92,7 @@ def run_predict(args: argparse.Namespace) -> int:
     if args.use:
         predictor.use(args.use)
     apply_domain(predictor, args)
+    set_long_text(predictor, args)
     if args.text:
         preds = predictor.predict(args.text, batch_size=args.batch_size)
         warn_truncated(predictor, preds)
@@ -112,6 +126,8 @@ def check_explain(args: argparse.Namespace) -> None:
         raise UserError(NOT_TORCH)
     if args.engine == "ray" or not (args.text or args.input):
         raise UserError("--explain is for --text and --input (with --engine local)")
+    if args.long_text == "window":
+        raise UserError("--explain covers a text's first max-length tokens only: not with --long-text window")
 
 
 def with_explanations(predictor, preds, rows: list[dict], k: int | None) -> list[dict]:
@@ -124,15 +140,11 @@ def with_explanations(predictor, preds, rows: list[dict], k: int | None) -> list
 
 
 def warn_truncated(predictor, preds) -> None:
-    """Warn how many texts were longer than their adapter's max length, which prediction cuts them to."""
-    from ..inference import count_truncated
+    """Warn how many texts were longer than their adapter's max length: cut to it, or read whole in windows."""
+    from ..streaming.rows import count_truncated_by_length
+    from ..streaming.rows import warn_truncated as warn
 
-    by_length: dict[int, list[str]] = {}
-    for pred in preds:
-        by_length.setdefault(predictor.adapters[pred.adapter].max_length, []).append(pred.text)
-    for max_length, texts in sorted(by_length.items()):
-        if n := count_truncated(predictor.tokenizer, texts, max_length):
-            logger.warning("%d text(s) longer than %d tokens were truncated to %d", n, max_length, max_length)
+    warn(count_truncated_by_length(predictor, preds), predictor)
 
 
 def predict_on_ray(args: argparse.Namespace) -> int:

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from .options import adapter_args, backend_args, base_args, calibration_args, domain_args
+from .options import (
+    adapter_args,
+    backend_args,
+    base_args,
+    calibration_args,
+    domain_args,
+    long_text_args,
+)
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -35,6 +42,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, help="CPU threads for the model (default: all cores but one)")
     calibration_args(p)
     domain_args(p)
+    long_text_args(p)  # the server's setting; a request may ask for the other with "long_text"
     p.add_argument("--allowed-hosts", "--allow-host", dest="allow_host", action="extend", nargs="+", default=[],
                    metavar="NAME",
                    help="extra Host header names to answer to (e.g. behind a proxy); every request naming another "
@@ -63,4 +71,5 @@ def run_serve(args: argparse.Namespace) -> int:
                  batch_wait_ms=args.batch_wait_ms, batch_size=args.batch_size, allowed_hosts=args.allow_host,
                  threads=args.threads, max_queue=args.max_queue, calibrated=not args.no_calibration,
                  allow_other_base=args.allow_other_base, feedback=args.feedback,
-                 feedback_max_bytes=args.feedback_max_bytes, domain=args.domain)
+                 feedback_max_bytes=args.feedback_max_bytes, domain=args.domain, long_text=args.long_text,
+                 stride=args.stride)

@@ -12,8 +12,10 @@ from .predictor import (
     parse_adapter_specs,
 )
 from .torch_predictor import Predictor, default_device
+from .windows import COMBINE_RULES, LONG_TEXT_MODES, LongText, WindowScores
 
 __all__ = [
-    "BACKENDS", "AdapterInfo", "BasePredictor", "OnnxPredictor", "Prediction", "Predictor", "check_temperature",
-    "count_truncated", "default_device", "load_predictor", "parse_adapter_specs",
+    "BACKENDS", "COMBINE_RULES", "LONG_TEXT_MODES", "AdapterInfo", "BasePredictor", "LongText", "OnnxPredictor",
+    "Prediction", "Predictor", "WindowScores", "check_temperature", "count_truncated", "default_device",
+    "load_predictor", "parse_adapter_specs",
 ]

@@ -18,6 +18,7 @@ from ..errors import UserError
 from ..modeling import load_tokenizer
 from ..output import EXPORT_FILE
 from .predictor import AdapterInfo, BasePredictor, Prediction, check_temperature
+from .windows import LongText
 
 MODEL_FILE = "model.onnx"
 
@@ -77,9 +78,11 @@ class OnnxPredictor(BasePredictor):
         self._require(name or self.default)
 
     def predict_routed(self, texts: Sequence[str], adapters: Sequence[str | None], batch_size: int = 32,
-                       progress: bool = False, calibrated: bool | None = None) -> list[Prediction]:
+                       progress: bool = False, calibrated: bool | None = None,
+                       long_text: LongText | str | None = None) -> list[Prediction]:
         self.route(texts, adapters)
-        return self.predict(texts, batch_size=batch_size, progress=progress, calibrated=calibrated)
+        return self.predict(texts, batch_size=batch_size, progress=progress, calibrated=calibrated,
+                            long_text=long_text)
 
     def forward(self, ids: list[list[int]], adapter_names: list[str] | None) -> np.ndarray:
         batch = self.tokenizer.pad({"input_ids": ids}, return_tensors="np")

@@ -2,6 +2,8 @@
 
 Texts are sorted by length and padded per batch, so a batch costs what its texts cost; results come
 back in input order. A backend supplies only its forward pass over one batch (padded in its own tensor type).
+A text longer than the max length is truncated, or read whole in overlapping windows (`windows.LongText`) that
+share the sorted batches of all texts and are combined per text.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..calibration import softmax
 from ..errors import UserError
+from .windows import LongText, WindowScores, tokenize_windows
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -31,6 +33,7 @@ class Prediction:
     confidence: float
     probabilities: dict[str, float]
     adapter: str | None = None
+    windows: int = 1  # windows the text was read in (`LongText("window")`); 1 when it fits or is truncated
 
     def as_row(self) -> dict:
         row = {"text": self.text, "label": self.label, "label_name": self.label_name,
@@ -107,14 +110,17 @@ def check_texts(texts: Sequence[str]) -> None:
             raise UserError(f"text {i + 1} is empty")
 
 
-def build_predictions(texts: Sequence[str], probs: np.ndarray, info: AdapterInfo) -> list[Prediction]:
-    """One `Prediction` a row of `probs` (the argmax is the label), labelled with `info`'s label names."""
+def build_predictions(texts: Sequence[str], probs: np.ndarray, info: AdapterInfo,
+                      windows: Sequence[int] | None = None) -> list[Prediction]:
+    """One `Prediction` a row of `probs` (the argmax is the label), labelled with `info`'s label names;
+    `windows`: how many windows each text was read in (None: one each)."""
     names = info.label_names
     out = []
-    for text, p in zip(texts, probs):
+    for i, (text, p) in enumerate(zip(texts, probs)):
         k = int(p.argmax())
         out.append(Prediction(text=text, label=k, label_name=names[k], confidence=float(p[k]),
-                              probabilities={n: float(v) for n, v in zip(names, p)}, adapter=info.name))
+                              probabilities={n: float(v) for n, v in zip(names, p)}, adapter=info.name,
+                              windows=1 if windows is None else int(windows[i])))
     return out
 
 
@@ -131,6 +137,9 @@ class BasePredictor(ABC):
     # Probabilities are softmax(logits / T) with each adapter's fitted temperature T; False gives the raw
     # softmax(logits). A plain attribute: set it at any time (`--no-calibration`).
     calibrated: bool
+    # How texts longer than an adapter's max length are read (truncated, or whole in windows), unless a call
+    # says otherwise. A plain attribute too (`--long-text`, `--stride`).
+    long_text: LongText = LongText()
 
     @abstractmethod
     def forward(self, ids: list[list[int]], adapter_names: list[str] | None) -> np.ndarray:
@@ -167,41 +176,58 @@ class BasePredictor(ABC):
         info = self._require(adapter or self.default)
         return info.temperature if (self.calibrated if calibrated is None else calibrated) else 1.0
 
+    def predict_windows(self, texts: Sequence[str], adapter: str | None = None, batch_size: int = 32,
+                        progress: bool = False, long_text: LongText | str | None = None) -> WindowScores:
+        """The raw logits of every window `texts` are read in with `adapter` (`long_text` None: this predictor's
+        setting; under truncation one window per text), to combine per text with `WindowScores.probabilities`."""
+        name = adapter or self.default
+        info = self._require(name)
+        return self.batched_windows(texts, [name] * len(texts), info.max_length, batch_size, len(info.label_names),
+                                    progress, LongText.of(long_text, self.long_text))
+
     def predict_logits(self, texts: Sequence[str], adapter: str | None = None, batch_size: int = 32,
                        progress: bool = False) -> np.ndarray:
         """Raw logits (before any temperature), shape (len(texts), number of labels of `adapter`), in input
-        order."""
-        name = adapter or self.default
-        info = self._require(name)
-        return self.batched_logits(texts, [name] * len(texts), info.max_length, batch_size, len(info.label_names),
-                                   progress)
+        order, of each text's first max-length tokens. Windows have no one logit row per text: with
+        `long_text` window, `predict_windows` gives theirs."""
+        return self.predict_windows(texts, adapter, batch_size, progress, LongText()).logits
 
     def predict_proba(self, texts: Sequence[str], adapter: str | None = None, batch_size: int = 32,
-                      progress: bool = False, calibrated: bool | None = None) -> np.ndarray:
+                      progress: bool = False, calibrated: bool | None = None,
+                      long_text: LongText | str | None = None) -> np.ndarray:
         """Class probabilities, shape (len(texts), number of labels of `adapter`), in input order:
         softmax(logits / T), T the adapter's temperature when calibrated (`calibrated` None: this predictor's
-        setting), else 1."""
-        temperature = self.temperature(adapter, calibrated)
-        logits = self.predict_logits(texts, adapter, batch_size, progress)
-        return softmax(logits, temperature).astype(np.float32)
+        setting), else 1; a text read in several windows (`long_text`) gets their combination."""
+        return self.predict_scored(texts, adapter, batch_size, progress, calibrated, long_text)[0]
 
     def predict(self, texts: Sequence[str], adapter: str | None = None, batch_size: int = 32,
-                progress: bool = False, calibrated: bool | None = None) -> list[Prediction]:
+                progress: bool = False, calibrated: bool | None = None,
+                long_text: LongText | str | None = None) -> list[Prediction]:
         name = adapter or self.default
-        probs = self.predict_proba(texts, name, batch_size, progress, calibrated)
-        return build_predictions(texts, probs, self.adapters[name])
+        probs, windows = self.predict_scored(texts, name, batch_size, progress, calibrated, long_text)
+        return build_predictions(texts, probs, self.adapters[name], windows)
 
-    def batched_logits(self, texts: Sequence[str], adapter_names: list[str], max_length: int, batch_size: int,
-                       num_labels: int, progress: bool = False) -> np.ndarray:
-        """Raw logits (float32, input order) of `texts`, each through its adapter in `adapter_names`."""
+    def predict_scored(self, texts: Sequence[str], adapter: str | None, batch_size: int, progress: bool,
+                       calibrated: bool | None, long_text: LongText | str | None) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities as `predict_proba` gives them, the number of windows each text was read in)."""
+        temperature = self.temperature(adapter, calibrated)
+        scores = self.predict_windows(texts, adapter, batch_size, progress, long_text)
+        return scores.probabilities(temperature).astype(np.float32), scores.windows
+
+    def batched_windows(self, texts: Sequence[str], adapter_names: list[str], max_length: int, batch_size: int,
+                        num_labels: int, progress: bool = False,
+                        long_text: LongText | None = None) -> WindowScores:
+        """Raw logits (float32) of the windows of `texts`, each through its adapter in `adapter_names`: the
+        windows of all texts are sorted by length and padded per batch together, one forward pass a batch."""
         check_texts(texts)
-        ids = self.tokenizer(list(texts), truncation=True, max_length=max_length,
-                             return_attention_mask=False)["input_ids"]
+        long_text = long_text or self.long_text
+        ids, owner = tokenize_windows(self.tokenizer, texts, max_length, long_text)
         order = np.argsort([len(x) for x in ids], kind="stable")
-        out = np.zeros((len(texts), num_labels), dtype=np.float32)
+        out = np.zeros((len(ids), num_labels), dtype=np.float32)
         with self.routing(adapter_names) as single:
             starts = range(0, len(order), batch_size)
             for start in tqdm(starts, desc="predict", unit="batch", disable=not progress, leave=False):
                 rows = order[start:start + batch_size]
-                out[rows] = self.forward([ids[i] for i in rows], None if single else [adapter_names[i] for i in rows])
-        return out
+                out[rows] = self.forward([ids[i] for i in rows],
+                                         None if single else [adapter_names[owner[i]] for i in rows])
+        return WindowScores(out, owner, len(texts), long_text.combine)

@@ -14,10 +14,10 @@ from peft import PeftModel
 from safetensors import safe_open
 
 from ..adapter_io import WEIGHTS_FILE, base_fingerprint, read_run
-from ..calibration import softmax
 from ..errors import UserError
 from ..modeling import DEFAULT_MODEL_DIR, load_classifier, load_tokenizer, resolve_base_model
 from .predictor import AdapterInfo, BasePredictor, Prediction, build_predictions, check_temperature, parse_adapter_specs
+from .windows import LongText
 
 logger = logging.getLogger(__name__)
 
@@ -217,7 +217,8 @@ class Predictor(BasePredictor):
 
     # ---- prediction ---------------------------------------------------------------------------------
     def predict_routed(self, texts: Sequence[str], adapters: Sequence[str | None], batch_size: int = 32,
-                       progress: bool = False, calibrated: bool | None = None) -> list[Prediction]:
+                       progress: bool = False, calibrated: bool | None = None,
+                       long_text: LongText | str | None = None) -> list[Prediction]:
         """Answer each text with its own adapter (None or '' → the default one), in input order.
 
         Rows whose adapters have heads of one shape (and one max length) share forward passes: PEFT's
@@ -225,6 +226,7 @@ class Predictor(BasePredictor):
         are grouped apart, since one forward pass cannot return logits of different widths. Each row's
         logits are divided by its own adapter's temperature.
         """
+        long_text = LongText.of(long_text, self.long_text)
         with self._lock:
             names = self.route(texts, adapters)
             groups: dict[tuple[int, int], list[int]] = {}
@@ -233,12 +235,12 @@ class Predictor(BasePredictor):
                 groups.setdefault((len(info.label_names), info.max_length), []).append(i)
             out: list[Prediction | None] = [None] * len(texts)
             for (num_labels, max_length), rows in groups.items():
-                logits = self.batched_logits([texts[i] for i in rows], [names[i] for i in rows], max_length,
-                                             batch_size, num_labels, progress)
+                scores = self.batched_windows([texts[i] for i in rows], [names[i] for i in rows], max_length,
+                                              batch_size, num_labels, progress, long_text)
                 temperatures = np.array([self.temperature(names[i], calibrated) for i in rows])
-                probs = softmax(logits, temperatures).astype(np.float32)
-                for i, p in zip(rows, probs, strict=True):
-                    out[i] = build_predictions([texts[i]], p[None], self.adapters[names[i]])[0]
+                probs = scores.probabilities(temperatures).astype(np.float32)
+                for i, p, n in zip(rows, probs, scores.windows, strict=True):
+                    out[i] = build_predictions([texts[i]], p[None], self.adapters[names[i]], [n])[0]
         return out
 
     @contextmanager

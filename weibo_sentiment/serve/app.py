@@ -24,6 +24,7 @@ from starlette.routing import Match
 
 from ..errors import UserError
 from ..feedback import MAX_STORE_BYTES, FeedbackStore
+from ..inference.windows import LongText, window_width
 from .batcher import BATCH_WAIT_MS, MAX_BATCH_TEXTS, MAX_QUEUE, ClientGone, MicroBatcher, answer_unless_gone
 from .feedback_route import add_feedback_route, feedback_store
 from .guard import NOT_JSON, Guard, body_too_large, default_max_body_bytes, is_json, resolve_adapter_path
@@ -68,6 +69,10 @@ class AppSettings:
     allowed_hosts: Sequence[str] | None = None  # Host header values accepted (None: any)
     feedback: str | Path | None = None  # the feedback store (default: feedback.jsonl in the adapter root)
     feedback_max_bytes: int = MAX_STORE_BYTES  # beyond it /v1/feedback answers 507
+    # How texts longer than the max length are read unless a request says: `truncate` or `window` (None: as the
+    # predictor reads them, which is truncation unless its `long_text` was set); `stride`: tokens between windows.
+    long_text: str | None = None
+    stride: int | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,7 @@ class Service:
     max_chars: int
     max_body_bytes: int
     feedback: FeedbackStore | None = None  # the store /v1/feedback appends to; None: feedback is off
+    long_text: LongText | None = None  # the server's reading of long texts (None: the predictor's); requests may differ
 
 
 def create_app(predictor, settings: AppSettings | None = None, **options) -> FastAPI:
@@ -130,10 +136,15 @@ def build_service(predictor, settings: AppSettings) -> Service:
     max_body_bytes = settings.max_body_bytes
     if max_body_bytes is None:
         max_body_bytes = default_max_body_bytes(max_texts, max_chars)
+    long_text = None
+    if settings.long_text is not None or settings.stride is not None:
+        long_text = LongText(settings.long_text or "truncate", stride=settings.stride)
+        for info in predictor.adapters.values():  # a stride no loaded adapter's windows can take fails at start
+            LongText("window", stride=settings.stride).step(window_width(predictor.tokenizer, info.max_length))
     batcher = MicroBatcher(predictor, wait_ms=settings.batch_wait_ms, batch_size=settings.batch_size,
                            max_batch_texts=max(MAX_BATCH_TEXTS, max_texts), max_queue=settings.max_queue)
     return Service(predictor, batcher, root, max_texts, max_chars, max_body_bytes,
-                   feedback_store(settings.feedback, root, settings.feedback_max_bytes))
+                   feedback_store(settings.feedback, root, settings.feedback_max_bytes), long_text)
 
 
 # ---- errors: every one answered as {"error": message} -----------------------------------------------------
@@ -228,9 +239,15 @@ def add_predict_route(app: FastAPI, service: Service) -> None:
         name = body.adapter or predictor.default
         if name not in predictor.adapters:
             raise ApiError(404, unknown_adapter(name, predictor))
+        long_text = service.long_text
+        if body.long_text is not None:
+            long_text = LongText.of(body.long_text, service.long_text or predictor.long_text)
+        if body.explain and (long_text or predictor.long_text).windowed:
+            raise ApiError(422, 'explain covers a text\'s first max-length tokens only, not windows: ask with '
+                                '"long_text": "truncate"')
         try:
             # Under uvicorn a handler is not cancelled when its client goes: watch for it, and drop the job.
-            revision, preds = await answer_unless_gone(batcher.submit(name, texts), request.receive)
+            revision, preds = await answer_unless_gone(batcher.submit(name, texts, long_text), request.receive)
         except UserError as e:  # the adapter was removed while the request waited
             raise ApiError(404, str(e)) from e
         out = [PredictionOut(label=p.label, label_name=p.label_name, confidence=round(p.confidence, 6),

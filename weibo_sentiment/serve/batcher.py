@@ -32,6 +32,7 @@ class _Job:
     adapter: str
     texts: list[str]
     future: asyncio.Future = field(repr=False)
+    long_text: Any = None  # how its long texts are read (an inference LongText; None: the predictor's setting)
     queued: bool = True  # still counted in the queue (not yet taken by the loop, nor dropped)
     dropped: bool = False  # counted as abandoned
     started: bool = False  # handed to the model (a cancel from then on saves nothing)
@@ -75,15 +76,16 @@ class MicroBatcher:
                 pass
         self._executor.shutdown(wait=True, cancel_futures=True)
 
-    def submit(self, adapter: str, texts: list[str]) -> asyncio.Future:
-        """Queue a request; its future gives (revision, predictions). Cancel the future to drop the work."""
+    def submit(self, adapter: str, texts: list[str], long_text: Any = None) -> asyncio.Future:
+        """Queue a request (`long_text`: how its long texts are read; None: the predictor's setting); its future
+        gives (revision, predictions). Cancel the future to drop the work."""
         if self._queue is None:
             raise RuntimeError("the batcher is not started")
         if self.pending_texts + len(texts) > self.max_queue:
             retry = self.retry_after(len(texts))
             raise ApiError(503, f"the server is busy: {self.pending_texts} texts are waiting (the limit is "
                                 f"{self.max_queue}); retry in {retry} s", {"Retry-After": str(retry)})
-        job = _Job(adapter, texts, asyncio.get_running_loop().create_future())
+        job = _Job(adapter, texts, asyncio.get_running_loop().create_future(), long_text)
         self.pending += 1
         self.pending_texts += len(texts)
         job.future.add_done_callback(lambda f: self._dequeue(job, dropped=f.cancelled()))
@@ -106,9 +108,9 @@ class MicroBatcher:
             self.dropped_requests += 1
             self.dropped_texts += len(job.texts)
 
-    async def predict(self, adapter: str, texts: list[str]) -> tuple[int, list]:
+    async def predict(self, adapter: str, texts: list[str], long_text: Any = None) -> tuple[int, list]:
         """(revision of the adapter that answered, predictions in input order)."""
-        future = self.submit(adapter, texts)
+        future = self.submit(adapter, texts, long_text)
         try:
             return await future
         finally:
@@ -167,15 +169,15 @@ class MicroBatcher:
                 job = queue.get_nowait()
                 jobs.append(job)
                 count += len(job.texts)
-            groups: dict[str, list[_Job]] = {}
+            groups: dict[tuple[str, Any], list[_Job]] = {}
             for job in jobs:
                 self._dequeue(job, dropped=job.future.cancelled())
                 if not job.future.done():
-                    groups.setdefault(job.adapter, []).append(job)
-            for adapter, group in groups.items():
-                await self._run_group(adapter, group)
+                    groups.setdefault((job.adapter, job.long_text), []).append(job)
+            for (adapter, long_text), group in groups.items():
+                await self._run_group(adapter, group, long_text)
 
-    async def _run_group(self, adapter: str, group: list[_Job]) -> None:
+    async def _run_group(self, adapter: str, group: list[_Job], long_text: Any = None) -> None:
         live = [job for job in group if not job.future.done()]  # clients may have gone while others ran
         for job in group:
             if job.future.cancelled():
@@ -188,7 +190,7 @@ class MicroBatcher:
         texts = [t for job in group for t in job.texts]
         started = time.perf_counter()
         try:
-            revision, preds = await self.call(self._predict, adapter, texts)
+            revision, preds = await self.call(self._predict, adapter, texts, long_text)
         except asyncio.CancelledError:
             raise
         except UserError as e:  # the adapter went away: the same answer for every request
@@ -199,7 +201,7 @@ class MicroBatcher:
         except Exception as e:
             if len(group) > 1:  # one request's failure must not fail the others that shared its batch
                 for job in group:
-                    await self._run_group(adapter, [job])
+                    await self._run_group(adapter, [job], long_text)
             elif not group[0].future.done():
                 group[0].future.set_exception(e)  # the handler logs it and answers a bare 500
             return
@@ -211,9 +213,10 @@ class MicroBatcher:
                 job.future.set_result((revision, preds[start:start + len(job.texts)]))
             start += len(job.texts)
 
-    def _predict(self, adapter: str, texts: list[str]) -> tuple[int, list]:
+    def _predict(self, adapter: str, texts: list[str], long_text: Any = None) -> tuple[int, list]:
         self.batches += 1
-        preds = self.predictor.predict(texts, adapter=adapter, batch_size=self.batch_size)
+        options = {} if long_text is None else {"long_text": long_text}
+        preds = self.predictor.predict(texts, adapter=adapter, batch_size=self.batch_size, **options)
         return self.revisions[adapter], preds
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -44,6 +44,9 @@ class PredictRequest(Strict):
                                              "texts; torch backend)")
     explain_top: int = Field(5, description="how many spans to return per text",
                              json_schema_extra={"minimum": 1, "maximum": MAX_EXPLAIN_SPANS})
+    long_text: Literal["truncate", "window"] | None = Field(
+        None, description="texts longer than the adapter's max length: truncated, or read whole in overlapping "
+                          "windows (default: the server's --long-text)")
 
 
 class PredictionOut(BaseModel):

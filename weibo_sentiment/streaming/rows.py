@@ -42,7 +42,7 @@ def output_columns(predictor, routing: bool, id_column: str | None, min_confiden
 
 def count_truncated_by_length(predictor, preds: Iterable) -> dict[int, int]:
     """{max length: how many of `preds`' texts were longer than it}, for each adapter's max length that a text
-    may exceed (prediction reads only the start of such texts)."""
+    may exceed (truncation reads only the start of such texts; windows read them in more than one window)."""
     from ..inference import count_truncated  # (it imports torch: not when this module is, by cluster or the CLI)
 
     by_length: dict[int, list[str]] = {}
@@ -60,8 +60,12 @@ def add_counts(total: dict[int, int], counts: dict[int, int]) -> None:
         total[max_length] = total.get(max_length, 0) + n
 
 
-def warn_truncated(counts: dict[int, int]) -> None:
-    """Warn how many texts were longer than their adapter's max length, which prediction cuts them to."""
+def warn_truncated(counts: dict[int, int], predictor) -> None:
+    """Warn how many texts were longer than their adapter's max length: cut to it, or read whole in windows
+    (the predictor's `long_text`)."""
+    from ..inference.windows import window_width
+
     for max_length, n in sorted(counts.items()):
         if n:
-            logger.warning("%d text(s) longer than %d tokens were truncated to %d", n, max_length, max_length)
+            width = window_width(predictor.tokenizer, max_length)
+            logger.warning("%s", predictor.long_text.report(n, max_length, width))

@@ -71,7 +71,8 @@ def predict_file(
     columns, renamed, types = _columns(predictor, source, id_column, min_confidence, explain is not None)
     fingerprint = run_fingerprint(predictor, out_fmt, columns, {
         "explain": explain, "min_confidence": min_confidence, "text_column": text_column, "id_column": id_column,
-        "keep_columns": keep_columns, "encoding": encoding, "batch_size": batch_size, "chunk_size": chunk_size})
+        "keep_columns": keep_columns, "encoding": encoding, "batch_size": batch_size, "chunk_size": chunk_size,
+        **long_text_option(predictor)})
     state = Progress.start(out_path, fingerprint, source, resume)
     sink = Sink(out_fmt, columns, types, state)
     show = sys.stderr.isatty() if progress is None else progress
@@ -109,9 +110,18 @@ def predict_file(
         sink.close()
     if source.blank:
         logger.warning("%s: skipped %d blank line(s)", input, source.blank)
-    warn_truncated(state.truncated)
+    warn_truncated(state.truncated, predictor)
     return StreamResult(rows=state.rows_done, blank=source.blank, truncated=state.truncated,
                         resumed_from=state.resumed_from, output=out_path)
+
+
+def long_text_option(predictor) -> dict:
+    """How long texts are read, for the run's fingerprint: windows change what a run writes. Nothing under
+    truncation, so the records of runs from before windows existed still resume."""
+    long_text = predictor.long_text
+    if not long_text.windowed:
+        return {}
+    return {"long_text": {"mode": long_text.mode, "stride": long_text.stride, "combine": long_text.combine}}
 
 
 def _check_output(out_path: Path | None, fmt: str | None, resume: bool, input: Path) -> str:
