@@ -11,7 +11,7 @@ from transformers import TrainerCallback
 
 from tests.conftest import SAMPLE
 from weibo_sentiment.adaptation import AdaptConfig, adapt_base
-from weibo_sentiment.corpus import encode_blocks, pack, split_texts
+from weibo_sentiment.corpus import encode_blocks, pack, read_corpus, split_texts
 from weibo_sentiment.errors import UserError
 from weibo_sentiment.inference import Predictor
 from weibo_sentiment.modeling import load_tokenizer
@@ -45,6 +45,22 @@ def test_split_holds_out_texts_before_packing():
     train_texts, val = split_texts(texts, 0.1, seed=1)
     assert len(val) == 20 and sorted(train_texts + val) == sorted(texts) and not set(train_texts) & set(val)
     assert split_texts(texts, 0.1, seed=1) == (train_texts, val)
+
+
+def test_corpus_reads_the_text_of_jsonl_and_parquet_not_their_lines(tmp_path):
+    texts = ["第一条微博", "带逗号, 和\"引号\"", "😀 表情"]
+    lines = tmp_path / "corpus.jsonl"
+    lines.write_text("".join(json.dumps({"id": i, "review": t}, ensure_ascii=False) + "\n\n"
+                             for i, t in enumerate(texts)), encoding="utf-8")
+    table = tmp_path / "corpus.parquet"
+    pq = pytest.importorskip("pyarrow.parquet")
+    pq.write_table(pytest.importorskip("pyarrow").table({"review": texts, "label": [0, 1, 0]}), table)
+    got, files = read_corpus([str(lines), str(table), str(SAMPLE)], text_column="review", encoding="utf-8")
+    sample, _ = read_corpus([str(SAMPLE)], text_column="review", encoding="utf-8")
+    assert got == texts + texts + sample  # (before: the JSON lines themselves, `{"id": 0, "review": ...}`)
+    assert [f["texts"] for f in files] == [3, 3, len(sample)]
+    with pytest.raises(UserError, match=rf"^{lines}: line 1: no key 'text'"):
+        read_corpus([str(lines)], text_column="text", encoding="utf-8")
 
 
 def test_adapt_lowers_perplexity_and_output_is_a_base(tmp_path, tiny_base, cli, caplog):

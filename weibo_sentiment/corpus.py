@@ -4,13 +4,16 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .data import read_texts
 from .errors import UserError
+from .streaming.source import Source
+
+logger = logging.getLogger(__name__)
 
 
 def pack(token_ids: list[list[int]], sep_id: int, block_size: int) -> np.ndarray:
@@ -55,13 +58,21 @@ def file_sha256(path: str | Path) -> str:
 
 
 def read_corpus(paths: list[str], *, text_column: str, encoding: str) -> tuple[list[str], list[dict]]:
-    """Every text of every file (labels, if any, ignored), and per file its path, sha256 and text count."""
+    """Every text of every file (labels, if any, ignored), and per file its path, sha256 and text count.
+
+    Files are read as `predict --input` reads them (`streaming.source.Source`): CSV/TSV and Parquet by their text
+    column, JSON lines by their text key, any other file one text per line."""
     if not paths:
         raise UserError("adapt-base needs texts: pass --texts FILE [FILE ...]")
     texts: list[str] = []
     files = []
     for path in paths:
-        found, _ = read_texts(path, text_column=text_column, encoding=encoding)
+        source = Source(path, text_column=text_column, encoding=encoding)
+        found = [row.text for row in source.rows()]
+        if not found:
+            raise source.no_rows_error()
+        if source.blank:
+            logger.warning("%s: skipped %d blank line(s)", path, source.blank)
         texts.extend(found)
         files.append({"path": str(Path(path).resolve()), "sha256": file_sha256(path), "texts": len(found)})
     return texts, files

@@ -7,7 +7,6 @@ through these, so a file means the same, and a problem in it is said the same wa
 
 from __future__ import annotations
 
-import codecs
 import csv
 import re
 from collections.abc import Iterable, Iterator
@@ -61,12 +60,16 @@ def _codec_name(encoding: str) -> str:
 
 def codec(encoding: str) -> str:
     """The codec that reads text in `encoding` (UTF-8 with or without a byte-order mark for any UTF-8 name);
-    an unknown encoding is a UserError."""
+    an unknown encoding, or a codec that is not a text encoding (hex, rot13, base64, zlib...), is a UserError."""
     name = _codec_name(encoding)
     try:
-        codecs.lookup(name)
-    except LookupError:
-        raise UserError(f"unknown encoding {encoding!r}") from None
+        # (`codecs.lookup` finds bytes-to-bytes codecs too; `str.encode` refuses them, as `bytes.decode` does)
+        "".encode(name)
+    except LookupError as e:
+        raise UserError(f"unknown encoding {encoding!r}"
+                        + (" (not a text encoding)" if "not a text encoding" in str(e) else "")) from None
+    except UnicodeError:  # the `undefined` codec, which refuses everything
+        raise UserError(f"unknown encoding {encoding!r} (it decodes nothing)") from None
     return name
 
 
@@ -78,13 +81,20 @@ def decode_error(path: Path, encoding: str, byte: int, line: int) -> UserError:
 
 def decode(path: Path, raw: bytes, encoding: str) -> str:
     """The whole of `raw` (the bytes of `path`) as text; bytes that are not `encoding` are an error naming
-    their line. (An unknown encoding is an error once there are bytes to decode.)"""
+    their line."""
+    name = codec(encoding)
     try:
-        return raw.decode(_codec_name(encoding))
-    except LookupError:
-        raise UserError(f"unknown encoding {encoding!r}") from None
+        return raw.decode(name)
     except UnicodeDecodeError as e:
-        raise decode_error(path, encoding, raw[e.start], raw[: e.start].count(b"\n") + 1) from None
+        raise decode_error(path, encoding, raw[e.start], _line_of(raw[: e.start], name)) from None
+    except UnicodeError as e:  # codecs that fail without saying where (idna, punycode)
+        raise file_error(path, f"not valid {encoding} ({shown(str(e))})") from None
+
+
+def _line_of(before: bytes, name: str) -> int:
+    """The line on which the bytes after `before` start, counted in decoded text: in UTF-16 a byte 0x0a is
+    often half of a character (上 is 0x0a 0x4e), not a line break."""
+    return before.decode(name, errors="replace").count("\n") + 1
 
 
 def delimiter(path: Path) -> str:

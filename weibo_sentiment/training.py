@@ -382,11 +382,9 @@ def save(config: TrainConfig, prepared: Prepared, model: torch.nn.Module, traine
 
 
 def train(config: TrainConfig, callbacks: list | None = None) -> TrainResult:
-    """Fine-tune a LoRA adapter and write the best one (by validation macro-F1) to `config.output`.
-
-    `callbacks` are extra `transformers.TrainerCallback`s (the benchmark times steps with one). With
-    `config.init_adapter` it continues that adapter instead of starting a new one (weibo_sentiment.warm_start).
-    """
+    """Fine-tune a LoRA adapter and write the best one (by validation macro-F1) to `config.output`. `callbacks`:
+    extra `transformers.TrainerCallback`s (the benchmark times steps with one). With `config.init_adapter` it
+    continues that adapter instead of starting a new one (weibo_sentiment.warm_start)."""
     config = warm_start.inherit(config)  # a continued adapter: its parent's base, labels and LoRA shape
     prepared = setup(config)
     model, trainer, collator = build_trainer(config, prepared, callbacks)

@@ -87,7 +87,7 @@ def predict_file(
             predicted = _predict_chunk(predictor, source, chunk, id_column, source.routing, renamed, batch_size,
                                        min_confidence, state.truncated, explain)
             state.chunks += 1
-            state.partial_bytes = sink.write(predicted, state.chunks)
+            state.partial_bytes = sink.write(predicted, state.chunks, lambda i, c=chunk: source.where(c[i]))
             state.rows_done += len(chunk)
             state.save(source)
             if show:
