@@ -150,7 +150,8 @@ def markdown(report: dict) -> str:
         f"Goal: emoticon-free accuracy +{GOAL_GAIN * 100:.0f} points or more for at most {GOAL_LOSS * 100:.0f} point "
         "lost with emoticons. " + report["verdict"],
         "",
-        "One seed per run: differences of a point or less may be within what another seed would give (not measured).",
+        "One seed per run: differences of a point or less may be within what another seed would give (not measured). "
+        "Times are wall clock on a machine shared with other jobs (2 cores): they show the order of the cost only.",
         "",
         "## The loop, by hand",
         "",
