@@ -26,13 +26,12 @@ from ..errors import UserError
 from ..feedback import MAX_STORE_BYTES, FeedbackStore
 from ..inference.windows import LongText, window_width
 from .batcher import BATCH_WAIT_MS, MAX_BATCH_TEXTS, MAX_QUEUE, ClientGone, MicroBatcher, answer_unless_gone
+from .explain_route import add_explanations, check_explain
 from .feedback_route import add_feedback_route, feedback_store
 from .guard import NOT_JSON, Guard, body_too_large, default_max_body_bytes, is_json, resolve_adapter_path
 from .schemas import (
     ADAPTER_NAME,
     MAX_CHARS,
-    MAX_EXPLAIN_SPANS,
-    MAX_EXPLAIN_TEXTS,
     MAX_TEXTS,
     AdapterOut,
     AdaptersResponse,
@@ -255,32 +254,6 @@ def add_predict_route(app: FastAPI, service: Service) -> None:
         if body.explain:
             await add_explanations(batcher, preds, out, body.explain_top)
         return PredictResponse(adapter=name, revision=revision, predictions=out)
-
-
-def check_explain(predictor, n_texts: int, top: int) -> None:
-    """Refuse an explanation request the server will not answer, before any model work."""
-    from ..explanation import require_torch_model
-
-    require_torch_model(predictor)  # a UserError (422) on the ONNX backend
-    if n_texts > MAX_EXPLAIN_TEXTS:
-        raise ApiError(413, f"{n_texts} texts to explain in one request; the limit is {MAX_EXPLAIN_TEXTS}")
-    if not 1 <= top <= MAX_EXPLAIN_SPANS:
-        raise ApiError(422, f"explain_top: must be between 1 and {MAX_EXPLAIN_SPANS}")
-
-
-async def add_explanations(batcher: MicroBatcher, preds: list, out: list[PredictionOut], top: int) -> None:
-    """Explain each prediction's label on the model thread (between batches, never beside a hot swap)."""
-    from ..explanation import explain
-
-    try:
-        explanations = await batcher.call(lambda: explain(batcher.predictor, [p.text for p in preds],
-                                                          [p.adapter for p in preds], labels=[p.label for p in preds]))
-    except UserError as e:  # the adapter was removed since it answered
-        raise ApiError(404, str(e)) from e
-    for o, e in zip(out, explanations, strict=True):
-        o.explanation = [(span, weight) for span, weight in e.top(top)]
-        o.explanation_offsets = [(start, end) for start, end, _ in e.ranked(top)]
-        o.completeness_error = round(e.delta, 6) + 0.0
 
 
 def check_texts(texts: list[str], max_texts: int, max_chars: int) -> None:
