@@ -26,7 +26,7 @@ from ..errors import UserError
 from ..feedback import MAX_STORE_BYTES, FeedbackStore
 from ..inference.windows import LongText, window_width
 from .batcher import BATCH_WAIT_MS, MAX_BATCH_TEXTS, MAX_QUEUE, ClientGone, MicroBatcher, answer_unless_gone
-from .explain_route import add_explanations, check_explain
+from .explain_route import add_explanations, check_explain, check_explain_top
 from .feedback_route import add_feedback_route, feedback_store
 from .guard import NOT_JSON, Guard, body_too_large, default_max_body_bytes, is_json, resolve_adapter_path
 from .schemas import (
@@ -233,6 +233,7 @@ def add_predict_route(app: FastAPI, service: Service) -> None:
     async def predict(body: PredictRequest, request: Request):
         texts = body.texts
         check_texts(texts, service.max_texts, service.max_chars)
+        check_explain_top(body.explain_top)
         if body.explain:
             check_explain(predictor, len(texts), body.explain_top)
         name = body.adapter or predictor.default

@@ -14,6 +14,11 @@ def check_explain(predictor, n_texts: int, top: int) -> None:
     require_torch_model(predictor)  # a UserError (422) on the ONNX backend
     if n_texts > MAX_EXPLAIN_TEXTS:
         raise ApiError(413, f"{n_texts} texts to explain in one request; the limit is {MAX_EXPLAIN_TEXTS}")
+
+
+def check_explain_top(top: int) -> None:
+    """The schema's range for explain_top, held whether or not `explain` is asked for (a request the schema
+    calls invalid is refused, as every other field's)."""
     if not 1 <= top <= MAX_EXPLAIN_SPANS:
         raise ApiError(422, f"explain_top: must be between 1 and {MAX_EXPLAIN_SPANS}")
 
