@@ -246,7 +246,8 @@ def test_serve_reads_windows_server_wide_and_per_request(predictor):
         assert c.post("/v1/predict", json={"texts": texts, "long_text": "all"}).status_code == 422
         # Explanations cover the first window: refused for texts read in windows, not for truncated ones.
         refused = c.post("/v1/predict", json={"texts": texts, "explain": True})
-        assert (refused.status_code, refused.json()) == (422, {"error": (
+        # 409: a valid request whose two options cannot go together (422 is for requests the schema refuses)
+        assert (refused.status_code, refused.json()) == (409, {"error": (
             'explain covers a text\'s first max-length tokens only, not windows: ask with "long_text": "truncate"')})
         assert probs(c, long_text="truncate", explain=True).shape == (2, 2)
     with running(create_app(predictor)) as url, httpx.Client(base_url=url, timeout=60) as c:

@@ -243,7 +243,7 @@ def add_predict_route(app: FastAPI, service: Service) -> None:
         if body.long_text is not None:
             long_text = LongText.of(body.long_text, service.long_text or predictor.long_text)
         if body.explain and (long_text or predictor.long_text).windowed:
-            raise ApiError(422, 'explain covers a text\'s first max-length tokens only, not windows: ask with '
+            raise ApiError(409, 'explain covers a text\'s first max-length tokens only, not windows: ask with '
                                 '"long_text": "truncate"')
         try:
             # Under uvicorn a handler is not cancelled when its client goes: watch for it, and drop the job.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 
 MAX_TEXTS = 256
 MAX_CHARS = 2000
@@ -28,6 +28,16 @@ def unknown_adapter(name: str, predictor) -> str:
     return f"unknown adapter {name!r} (loaded: {', '.join(predictor.adapters)})"
 
 
+def _json_integer(value):
+    # JSON Schema's integer: 5 and 5.0, never "5" or true (pydantic's lax mode would take both)
+    if isinstance(value, (str, bool)):
+        raise ValueError("must be an integer")
+    return value
+
+
+JsonInt = Annotated[int, BeforeValidator(_json_integer)]
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -40,9 +50,9 @@ Text = Annotated[str, Field(json_schema_extra={"minLength": 1, "pattern": r"\S"}
 class PredictRequest(Strict):
     texts: list[Text] = Field(description="posts to classify", json_schema_extra={"minItems": 1})
     adapter: str | None = Field(None, description="adapter name (default: the server's default adapter)")
-    explain: bool = Field(False, description=f"add each text's most influential spans (at most {MAX_EXPLAIN_TEXTS} "
-                                             "texts; torch backend)")
-    explain_top: int = Field(5, description="how many spans to return per text",
+    explain: StrictBool = Field(False, description="add each text's most influential spans (at most "
+                                                   f"{MAX_EXPLAIN_TEXTS} texts; torch backend)")
+    explain_top: JsonInt = Field(5, description="how many spans to return per text",
                              json_schema_extra={"minimum": 1, "maximum": MAX_EXPLAIN_SPANS})
     long_text: Literal["truncate", "window"] | None = Field(
         None, description="texts longer than the adapter's max length: truncated, or read whole in overlapping "
