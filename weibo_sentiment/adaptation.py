@@ -19,6 +19,7 @@ import logging
 import math
 import shutil
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -194,15 +195,16 @@ def check_settings(config: AdaptConfig) -> list:
     return inputs
 
 
-def setup(config: AdaptConfig) -> Prepared:
-    """Check the settings, read and split the texts, pack them into blocks, and claim the checkpoint directory
-    (under torchrun / accelerate launch: rank 0 claims it and writes the base, the other ranks wait)."""
+def setup(config: AdaptConfig, held: ExitStack) -> Prepared:
+    """Check the settings, read and split the texts, pack them into blocks, and lock (the lock kept in `held`) and
+    claim the checkpoint directory (under torchrun / accelerate launch: rank 0 claims it and writes the base, the
+    other ranks wait)."""
     inputs = check_settings(config)
     precision = precision_arguments(config.precision)
     texts, files = read_corpus(config.texts, text_column=config.text_column, encoding=config.encoding)
     train_texts, val_texts = split_texts(texts, config.validation_split, config.seed)
     ranks = Ranks()
-    marker = inspect_checkpoints(config, ranks)
+    marker = inspect_checkpoints(config, ranks, held)
 
     base_dir = resolve_base_model(config.base_model, config.model_dir)
     if Path(config.output).resolve() == base_dir.resolve():
@@ -326,11 +328,12 @@ def save(config: AdaptConfig, prepared: Prepared, model: torch.nn.Module, source
 def adapt_base(config: AdaptConfig, callbacks: list | None = None) -> AdaptResult:
     """Continue the causal-LM training of `config.base_model` on `config.texts`; write the adapted base to
     `config.output`. `callbacks` are extra `transformers.TrainerCallback`s."""
-    prepared = setup(config)
-    model, trainer, timer = build_trainer(config, prepared, callbacks)
-    measured = train_measured(trainer, config, prepared.resume_from)
-    source = report(config, prepared, trainer, timer, measured)
-    output = save(config, prepared, model, source)
+    with ExitStack() as held:  # the checkpoint directory's writer lock, until the run ends
+        prepared = setup(config, held)
+        model, trainer, timer = build_trainer(config, prepared, callbacks)
+        measured = train_measured(trainer, config, prepared.resume_from)
+        source = report(config, prepared, trainer, timer, measured)
+        output = save(config, prepared, model, source)
     logger.info("adapted base model written to %s", output)
     return AdaptResult(output=output, source=source, main_process=prepared.ranks.main)
 

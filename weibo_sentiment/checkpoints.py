@@ -17,8 +17,9 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from .durable import write_json_record
 from .errors import UserError
-from .output import write_json_record
+from .output import holds
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ def inspect_checkpoint_dir(checkpoints: Path, *, output: str | Path, resume: boo
         shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
         raise UserError(f"--checkpoint-dir {checkpoints} holds files that are not this run's checkpoints ({shown}); "
                         f"checkpoints need a directory of their own: choose a new or empty one")
-    if checkpoints.resolve() in Path(output).resolve().parents:
+    if holds(checkpoints, Path(output).parent):
         raise UserError(f"--output {output} is inside --checkpoint-dir {checkpoints}, which must hold "
                         f"checkpoints only: choose another --checkpoint-dir")
     if not entries:

@@ -20,8 +20,9 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from .durable import fsync_dir
 from .errors import UserError, file_error
-from .output import atomic_open, fsync_dir, write_rows
+from .output import atomic_open, write_rows
 
 logger = logging.getLogger(__name__)
 

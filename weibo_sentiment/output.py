@@ -14,11 +14,13 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, NamedTuple
 
+from .durable import fsync_dir
 from .errors import UserError
 from .tables import file_format
 
@@ -114,6 +116,22 @@ def _is_our_report(path: Path, head: str) -> bool:
     return REPORT_COLUMNS <= set(next(csv.reader([first]), []))
 
 
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """True when `a` and `b` name one file or directory: by device and inode where both exist (so a symbolic or
+    hard link, or another spelling on a case-insensitive file system, is the same file), else by their
+    normalised absolute paths."""
+    try:
+        return os.path.samestat(os.stat(a), os.stat(b))
+    except OSError:
+        return os.path.normcase(Path(a).resolve()) == os.path.normcase(Path(b).resolve())
+
+
+def holds(folder: str | Path, path: str | Path) -> bool:
+    """True when the directory `folder` is `path` or one of its ancestors (compared as `same_file` does)."""
+    path = Path(path).resolve()
+    return any(same_file(folder, p) for p in (path, *path.parents))
+
+
 def check_output_file(path: str | Path, kind: str, inputs: Iterable[str | Path] = ()) -> Path:
     """Refuse (UserError) to write `path` when it would replace something that is not our own output of
     `kind` (one of KIND_NAMES), or one of the command's `inputs`. Call it before long work."""
@@ -177,20 +195,18 @@ def check_output_dir(target: str | Path, kind: str, inputs: Inputs = (), option:
         raise ValueError(f"unknown output kind {kind!r}")
     what, markers = DIR_KINDS[kind]
     target = Path(target)
-    resolved = target.resolve()
-    cwd = Path.cwd().resolve()
+    cwd = Path.cwd()
     keep = f"and will not be overwritten; choose another {option}"
-    if resolved == cwd:
+    if same_file(target, cwd):
         raise UserError(f"{target}: is the current directory {keep}")
-    if resolved in cwd.parents:
+    if holds(target, cwd):
         raise UserError(f"{target}: holds the current directory {keep}")
     for description, path in inputs:
         if path is None:
             continue
-        source = Path(path).resolve()
-        if resolved == source:
+        if same_file(target, path):
             raise UserError(f"{target}: is this command's input ({description}) {keep}")
-        if resolved in source.parents:
+        if holds(target, path):
             raise UserError(f"{target}: holds this command's input {path} ({description}) {keep}")
     if target.is_symlink():
         raise UserError(f"{target}: is a symbolic link and will not be replaced; choose another {option}, "
@@ -229,11 +245,38 @@ def atomic_open(path: str | Path, mode: str = "w", encoding: str = "utf-8", kind
         raise
 
 
-def replace_file(complete: Path, path: Path, kind: str, inputs: Iterable[str | Path] = ()) -> None:
-    """Rename the finished file `complete` onto `path`, checked first (`check_output_file`): the file may have
-    been written for minutes, or over several runs, and `path` must still be ours to replace."""
-    check_output_file(path, kind, inputs)
+def place_file(complete: Path, path: Path, kind: str, inputs: Iterable[str | Path] = ()) -> Path | None:
+    """Rename the finished file `complete` onto `path` if `path` is still ours to replace (`check_output_file`:
+    the file may have been written for minutes, or over several runs). If another file has taken `path`
+    meanwhile, the finished work is kept, not lost: it goes to a fresh sibling, `NAME.complete-TIME.EXT`, whose
+    path is returned (None: it is at `path`)."""
+    try:
+        check_output_file(path, kind, inputs)
+    except UserError:
+        return keep_aside(complete, path)
     os.replace(complete, path)
+    fsync_dir(path.parent)
+    return None
+
+
+def keep_aside(complete: Path, path: Path) -> Path:
+    """Move `complete` to a sibling of `path` that no file has (`NAME.complete-TIME.EXT`); never over a file."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for n in range(1000):
+        aside = path.with_name(f"{path.stem}.complete-{stamp}{f'-{n}' if n else ''}{path.suffix}")
+        try:
+            os.link(complete, aside)  # fails if the name is taken, where a rename would replace what is there
+        except FileExistsError:
+            continue
+        except OSError:  # no hard links here (some network and FAT file systems)
+            if os.path.lexists(aside):
+                continue
+            os.replace(complete, aside)
+        else:
+            os.unlink(complete)
+        fsync_dir(path.parent)
+        return aside
+    raise UserError(f"{path}: no free name beside it to keep the finished result {complete} under; it stays there")
 
 
 def _dir_beside(target: Path) -> Path:
@@ -280,40 +323,6 @@ def write_marker(directory: str | Path, kind: str, record: dict) -> Path:
     path = Path(directory) / DIR_KINDS[kind].markers[0]
     path.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return path
-
-
-# ---- records that survive a crash ----------------------------------------------------------------------
-def fsync_dir(path: Path) -> None:
-    """Make the renames and removals in the directory `path` durable (where the system allows it)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-@contextmanager
-def synced_file(path: Path) -> Iterator[Path]:
-    """A temporary name beside `path` (`NAME.tmp`) to write; when the block completes the file is fsynced and
-    renamed onto `path`, so a process killed at any moment leaves `path` whole, old or new."""
-    tmp = path.with_name(path.name + ".tmp")
-    yield tmp
-    with tmp.open("rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def write_json_record(path: Path, record: dict) -> None:
-    """`record` as JSON at `path`, fsynced and atomically replaced: a progress or ownership record that a
-    later run (a resume) must find whole."""
-    with synced_file(path) as tmp:
-        tmp.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    fsync_dir(path.parent)
 
 
 # ---- tables and reports --------------------------------------------------------------------------------

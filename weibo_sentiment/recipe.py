@@ -1,12 +1,13 @@
 """What the two Trainer recipes, `train` (LoRA classifier) and `adapt_base` (causal-LM adaptation), share: the config
-base, precision, reporters, the Trainer's arguments, and the steps around the loop (the checkpoint directory claimed
-by rank 0, the loop itself, the result written once)."""
+base, precision, reporters, the Trainer's arguments, and the steps around the loop (the checkpoint directory locked
+and claimed by rank 0, the loop itself, the result written once)."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -19,6 +20,7 @@ from .checkpoints import ResumeRules, claim_checkpoint_dir, inspect_checkpoint_d
 from .data import DEFAULT_TEXT_COLUMN
 from .distributed import Ranks
 from .errors import UserError
+from .locks import one_writer
 from .modeling import DEFAULT_BASE_MODEL, DEFAULT_MODEL_DIR
 
 T = TypeVar("T")
@@ -151,11 +153,23 @@ def use_tensorboard_dir(trainer: Trainer, config: RunConfig) -> None:
             callback.logging_dir = str(tensorboard_dir(config))
 
 
-def inspect_checkpoints(config: RunConfig, ranks: Ranks) -> dict | None:
-    """The checkpoint directory is rank 0's: it inspects it (refusing one this run may not use), the other ranks
-    wait for what it found. Returns its marker, if any."""
-    return ranks.once(lambda: inspect_checkpoint_dir(config.checkpoints(), output=config.output,
-                                                     resume=config.resume, restart=config.restart))
+def inspect_checkpoints(config: RunConfig, ranks: Ranks, held: ExitStack) -> dict | None:
+    """The checkpoint directory is rank 0's: it takes the directory's writer lock, kept in `held` until the run
+    ends (another run on the directory is refused, naming the process that holds it), and inspects it (refusing
+    one this run may not use); the other ranks wait for what it found. Returns its marker, if any."""
+
+    def inspect() -> dict | None:
+        checkpoints = config.checkpoints()
+        try:
+            checkpoints.parent.mkdir(parents=True, exist_ok=True)  # for the lock file beside it
+        except OSError as e:
+            raise UserError(f"--checkpoint-dir {checkpoints}: cannot create the folder {checkpoints.parent} "
+                            f"({e.strerror})") from None
+        held.enter_context(one_writer(checkpoints.resolve(), f"--checkpoint-dir {checkpoints}"))
+        return inspect_checkpoint_dir(checkpoints, output=config.output, resume=config.resume,
+                                      restart=config.restart)
+
+    return ranks.once(inspect)
 
 
 def claim_checkpoints(config: RunConfig, ranks: Ranks, marker: dict | None, identity: dict,

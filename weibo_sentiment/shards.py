@@ -15,6 +15,7 @@ Ray is imported with this module: `cluster` imports it only once it knows Ray is
 
 from __future__ import annotations
 
+import io
 import socket
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -24,8 +25,9 @@ import pyarrow as pa
 from ray.data.block import Block, BlockAccessor
 from ray.data.datasource import Datasink, FileBasedDatasource
 
+from .durable import synced_file
 from .errors import UserError
-from .output import synced_file, write_rows
+from .output import write_rows
 from .streaming.source import Row, Source
 from .tables import DELIMITED_FORMATS
 
@@ -135,18 +137,20 @@ class ShardSink(Datasink):
         if not directory.is_dir():
             raise UserError(f"{directory}: not found on the worker node {socket.gethostname()}: {SHARED_STORAGE}")
         path = directory / f"part-{ctx.task_idx:05d}.{self.fmt}"
-        with synced_file(path) as tmp:
+        with synced_file(path) as out:
             if self.fmt == "parquet":
                 import pyarrow.parquet as pq
 
-                pq.write_table(one_table(tables), tmp)
+                pq.write_table(one_table(tables), out)
             else:
-                with tmp.open("w", encoding="utf-8", newline="") as f:
-                    try:
-                        write_rows([row for t in tables for row in t.to_pylist()], f, self.fmt)
-                    except (TypeError, ValueError) as e:  # e.g. a Parquet timestamp id, which JSON has no type for
-                        raise UserError(f"the predictions cannot be written as {self.fmt} ({e}); write "
-                                        "--format parquet") from None
+                f = io.TextIOWrapper(out, encoding="utf-8", newline="")
+                try:
+                    write_rows([row for t in tables for row in t.to_pylist()], f, self.fmt)
+                except (TypeError, ValueError) as e:  # e.g. a Parquet timestamp id, which JSON has no type for
+                    raise UserError(f"the predictions cannot be written as {self.fmt} ({e}); write "
+                                    "--format parquet") from None
+                f.flush()
+                f.detach()  # `out` is synced_file's to fsync and close
         return [Shard(path.name, sum(t.num_rows for t in tables), path.stat().st_size)]
 
     def on_write_complete(self, write_result) -> None:

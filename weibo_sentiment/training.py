@@ -7,6 +7,7 @@ claimed), `build_trainer` (model and Trainer), the loop (`recipe.run_loop`), `be
 from __future__ import annotations
 
 import logging
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -202,9 +203,9 @@ class _SentimentTrainer(Trainer):
         return loader
 
 
-def setup(config: TrainConfig) -> Prepared:
-    """Check every input before minutes of training, split and encode the data, and claim the checkpoint
-    directory (rank 0: the other ranks wait for what it found)."""
+def setup(config: TrainConfig, held: ExitStack) -> Prepared:
+    """Check every input before minutes of training, split and encode the data, and lock (the lock kept in
+    `held`) and claim the checkpoint directory (rank 0: the other ranks wait for what it found)."""
     if not 0 <= config.emoticon_dropout <= 1:
         raise UserError(f"--emoticon-dropout {config.emoticon_dropout:g}: must be between 0 and 1")
     if config.save_dtype not in SAVE_DTYPES:
@@ -219,7 +220,7 @@ def setup(config: TrainConfig) -> Prepared:
     if config.gradient_accumulation_steps < 1:
         raise UserError(f"--gradient-accumulation-steps {config.gradient_accumulation_steps}: must be at least 1")
     ranks = Ranks()
-    marker = inspect_checkpoints(config, ranks)
+    marker = inspect_checkpoints(config, ranks, held)
 
     base_dir = resolve_base_model(config.base_model, config.model_dir)
     tokenizer = load_tokenizer(base_dir)
@@ -386,13 +387,14 @@ def train(config: TrainConfig, callbacks: list | None = None) -> TrainResult:
     extra `transformers.TrainerCallback`s (the benchmark times steps with one). With `config.init_adapter` it
     continues that adapter instead of starting a new one (weibo_sentiment.warm_start)."""
     config = warm_start.inherit(config)  # a continued adapter: its parent's base, labels and LoRA shape
-    prepared = setup(config)
-    model, trainer, collator = build_trainer(config, prepared, callbacks)
-    run_loop(trainer, config, prepared.resume_from)
-    epochs = best_epochs(trainer, model, config.checkpoints(), prepared.ranks)
-    temperature, calibration, validation = calibrate(trainer, collator, prepared.val_set)
-    run = report(config, prepared, model, trainer, collator, epochs, (temperature, calibration))
-    output = save(config, prepared, model, trainer, run, validation)
+    with ExitStack() as held:  # the checkpoint directory's writer lock, until the run ends
+        prepared = setup(config, held)
+        model, trainer, collator = build_trainer(config, prepared, callbacks)
+        run_loop(trainer, config, prepared.resume_from)
+        epochs = best_epochs(trainer, model, config.checkpoints(), prepared.ranks)
+        temperature, calibration, validation = calibrate(trainer, collator, prepared.val_set)
+        run = report(config, prepared, model, trainer, collator, epochs, (temperature, calibration))
+        output = save(config, prepared, model, trainer, run, validation)
     logger.info("best validation macro-F1 %.4f (epoch %s); adapter written to %s",
                 run["best"]["macro_f1"], run["best"]["epoch"], output)
     return TrainResult(output=output, run=run, batches=collator.batches, main_process=prepared.ranks.main)

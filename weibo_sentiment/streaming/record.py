@@ -3,7 +3,10 @@
 The rows go to a partial file beside the output (`.NAME.partial`; a folder of chunk files for Parquet) and,
 after each chunk, a small progress record (`.NAME.progress.json`, fsynced, atomically replaced) says how far the
 input was read, a sha256 of the bytes read, the adapters' fingerprints and the options. A run resumes only from
-a record that matches it (`Progress.start`).
+a record that matches it and a partial output that holds what it says (`Progress.start`).
+
+Before the complete output is put in place the record gets its size and sha256 (`final`): a run killed between
+that rename and the record's removal has finished, and the next run finds its output in place and says so.
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..adapter_io import WEIGHTS_FILE
+from ..durable import fsync_dir, write_json_record
 from ..errors import UserError
-from ..output import RUN_FILE, write_json_record
+from ..output import RUN_FILE
 from .source import Source
 
 logger = logging.getLogger(__name__)
@@ -28,6 +32,19 @@ RECORD_VERSION = 1
 def partial_paths(output: Path) -> tuple[Path, Path]:
     """(partial file or folder, progress record) of a streaming run writing `output`."""
     return output.with_name(f".{output.name}.partial"), output.with_name(f".{output.name}.progress.json")
+
+
+def chunk_file(partial: Path, chunk: int) -> Path:
+    """Chunk number `chunk` (from 1) of a Parquet run's partial folder."""
+    return partial / f"{chunk:08d}.parquet"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def adapters_fingerprint(predictor) -> dict[str, str]:
@@ -72,6 +89,8 @@ class Progress:
     chunks: int = 0
     partial_bytes: int = 0  # how much of the partial file (CSV/JSONL) the chunks recorded fill
     truncated: dict[int, int] = field(default_factory=dict)  # max length → texts longer than it
+    final: dict | None = None  # size and sha256 of the complete output, once it is about to be put in place
+    finished: bool = False  # resumed a run whose complete output was already in place: nothing left to do
 
     @property
     def partial(self) -> Path | None:
@@ -85,12 +104,18 @@ class Progress:
     @classmethod
     def start(cls, output: Path | None, fingerprint: dict, source: Source, resume: bool) -> Progress:
         """A fresh run's progress or, with `resume`, the interrupted run's, when its record matches this run.
-        Without `resume` the leftovers of an interrupted run are an error: they are never deleted silently."""
+        Without `resume` the leftovers of an interrupted run are an error: they are never deleted silently.
+
+        A run that was killed after its complete output was put in place (its record's `final` matches the
+        output) had finished: with `resume` that is the result (`finished`), without it the run starts afresh as
+        asked; either way its leftovers go, the output stays (until a fresh run replaces it, complete)."""
         progress = cls(output, fingerprint)
         if output is None:
             return progress
         partial, record_path = partial_paths(output)
         record = _read_record(record_path) if record_path.exists() else None
+        if record is not None and _placed(record, output):
+            return progress._finished_before(record, source, resume)
         if not resume and (record is not None or partial.exists()):
             rows = f" ({record.get('rows_done', 0)} rows done)" if isinstance(record, dict) else ""
             raise UserError(f"{output}: an interrupted run left {partial.name}{rows} beside it; pass --resume "
@@ -100,11 +125,27 @@ class Progress:
                 _remove(partial)  # nothing complete in it: no chunk was recorded
             logger.info("%s: no interrupted run to resume; starting from the first row", output)
         elif resume:
-            _check_record(record, fingerprint, source, output, partial, record_path)
+            _check_same_run(record, fingerprint, source, output, partial, record_path)
+            _check_partial(record, fingerprint["format"], output, partial, record_path)
             progress.resumed_from = progress.rows_done = record["rows_done"]
             progress.chunks, progress.partial_bytes = record["chunks"], record["partial_bytes"]
             progress.truncated = {int(k): v for k, v in record.get("truncated", {}).items()}
         return progress
+
+    def _finished_before(self, record: dict, source: Source, resume: bool) -> Progress:
+        """The progress after a run killed once its complete output was in place: its leftovers go; with
+        `resume` (the same run, checked) it is done, without it this run starts afresh."""
+        partial, record_path = partial_paths(self.output)
+        if resume:
+            _check_same_run(record, self.fingerprint, source, self.output, partial, record_path)
+        logger.info("%s: the interrupted run had finished (the output holds its %s predictions)%s", self.output,
+                    record.get("rows_done"), "" if resume else "; starting afresh as asked (without --resume)")
+        self.done()
+        if resume:
+            self.finished = True
+            self.resumed_from = self.rows_done = record["rows_done"]
+            self.truncated = {int(k): v for k, v in record.get("truncated", {}).items()}
+        return self
 
     def save(self, source: Source) -> None:
         """Record, after a chunk, how far the run has got (nothing for stdout)."""
@@ -112,7 +153,20 @@ class Progress:
             write_json_record(self.path, {**self.fingerprint, "rows_done": self.rows_done, "chunks": self.chunks,
                                      "partial_bytes": self.partial_bytes, "truncated": self.truncated,
                                      "input": {"size": source.size, "offset": source.offset,
-                                               "sha256": source.sha256_of_read()}})
+                                               "sha256": source.sha256_of_read()},
+                                     **({"final": self.final} if self.final else {})})
+
+    def save_final(self, source: Source, complete: Path) -> None:
+        """Record the size and sha256 of `complete`, the complete output about to be put in place."""
+        self.final = {"size": complete.stat().st_size, "sha256": file_sha256(complete)}
+        self.save(source)
+
+    def done(self) -> None:
+        """The run's result is in place (or kept aside): its partial output and record go."""
+        if self.output is not None:
+            _remove(self.partial)
+            self.path.unlink(missing_ok=True)
+            fsync_dir(self.output.parent)
 
     def discard(self) -> None:
         """Remove the partial output and the record: a run that can never complete leaves nothing behind."""
@@ -132,14 +186,18 @@ def _read_record(path: Path) -> dict:
     return record
 
 
-def _check_record(record: dict, fingerprint: dict, source: Source, output: Path, partial: Path,
-                  record_path: Path) -> None:
-    """Refuse (UserError naming what differs) to resume a run that is not this one."""
-    afresh = f"; run without --resume after removing {partial} and {record_path} to start afresh"
-
+def _refusal(output: Path, partial: Path, record_path: Path):
     def refuse(what: str) -> UserError:
-        return UserError(f"{output}: cannot resume the interrupted run: {what}{afresh}")
+        return UserError(f"{output}: cannot resume the interrupted run: {what}; run without --resume after "
+                         f"removing {partial} and {record_path} to start afresh")
 
+    return refuse
+
+
+def _check_same_run(record: dict, fingerprint: dict, source: Source, output: Path, partial: Path,
+                    record_path: Path) -> None:
+    """Refuse (UserError naming what differs) to resume a run that is not this one."""
+    refuse = _refusal(output, partial, record_path)
     if record.get("version") != RECORD_VERSION or not all(k in record for k in ("rows_done", "chunks", "input")):
         raise refuse("its progress record is of another version")
     if record.get("format") != fingerprint["format"]:
@@ -163,11 +221,41 @@ def _check_record(record: dict, fingerprint: dict, source: Source, output: Path,
     offset = int(meta.get("offset", 0))
     if _sha256_prefix(source.path, offset) != meta.get("sha256"):
         raise refuse(f"the input {source.path} has changed (its first {offset} bytes, read by then, differ)")
+
+
+def _check_partial(record: dict, fmt: str, output: Path, partial: Path, record_path: Path) -> None:
+    """Refuse (UserError) to resume from a partial output that does not hold what the record says: every
+    recorded chunk file with the recorded row total (Parquet), at least the recorded bytes (CSV, JSONL)."""
+    refuse = _refusal(output, partial, record_path)
     if record["chunks"] and not partial.exists():
         raise refuse(f"its partial output {partial} is missing")
-    if fingerprint["format"] != "parquet" and partial.exists() and partial.stat().st_size < record["partial_bytes"]:
-        raise refuse(f"its partial output {partial} is shorter than recorded")
+    if fmt != "parquet":
+        if partial.exists() and partial.stat().st_size < record["partial_bytes"]:
+            raise refuse(f"its partial output {partial} is shorter than recorded")
+        return
+    import pyarrow.parquet as pq
 
+    chunks = [chunk_file(partial, i) for i in range(1, record["chunks"] + 1)]
+    missing = [c.name for c in chunks if not c.is_file()]
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise refuse(f"its partial output {partial} lacks {len(missing)} of its {len(chunks)} chunk files ({shown})")
+    rows = 0
+    for c in chunks:
+        try:
+            rows += pq.read_metadata(c).num_rows
+        except Exception:  # pyarrow's own errors for a damaged file
+            raise refuse(f"the chunk file {c} is damaged") from None
+    if rows != record["rows_done"]:
+        raise refuse(f"its chunk files in {partial} hold {rows} rows, the record says {record['rows_done']}")
+
+
+def _placed(record: dict, output: Path) -> bool:
+    """True when `output` is the complete output the record's run was about to put in place."""
+    final = record.get("final")
+    if not isinstance(final, dict) or output.is_symlink() or not output.is_file():
+        return False
+    return output.stat().st_size == final.get("size") and file_sha256(output) == final.get("sha256")
 
 
 def _sha256_prefix(path: Path, length: int) -> str:

@@ -6,12 +6,14 @@ import logging
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..data import DEFAULT_TEXT_COLUMN
 from ..errors import UserError
-from ..output import check_output_file, fsync_dir
+from ..locks import one_writer
+from ..output import check_output_file, place_file
 from ..tables import ROUTING_COLUMN, output_format
 from .record import Progress, run_fingerprint
 from .rows import add_counts, count_truncated_by_length, output_columns, output_row, warn_truncated
@@ -59,23 +61,55 @@ def predict_file(
 
     Memory stays flat whatever the file's length (`Predictor.predict` sorts each chunk by length, so batches
     pad little). The output path is touched only once, complete; a resumed run's final file equals an
-    uninterrupted run's byte for byte.
+    uninterrupted run's byte for byte. One run at a time writes an output (`locks.one_writer`): another is
+    refused, naming the process that holds it.
     """
     if chunk_size < 1:
         raise UserError(f"--chunk-size {chunk_size}: must be at least 1")
     input = Path(input)
     out_path = None if output is None or str(output) == "-" else Path(output)
     out_fmt = _check_output(out_path, fmt, resume, input)
-    source = Source(input, text_column=text_column, encoding=encoding, id_column=id_column,
-                    keep_columns=keep_columns, chunk_size=chunk_size).open()
-    columns, renamed, types = _columns(predictor, source, id_column, min_confidence, explain is not None)
-    fingerprint = run_fingerprint(predictor, out_fmt, columns, {
-        "explain": explain, "min_confidence": min_confidence, "text_column": text_column, "id_column": id_column,
-        "keep_columns": keep_columns, "encoding": encoding, "batch_size": batch_size, "chunk_size": chunk_size,
-        **long_text_option(predictor)})
-    state = Progress.start(out_path, fingerprint, source, resume)
-    sink = Sink(out_fmt, columns, types, state)
-    show = sys.stderr.isatty() if progress is None else progress
+    with _one_writer(out_path):
+        source = Source(input, text_column=text_column, encoding=encoding, id_column=id_column,
+                        keep_columns=keep_columns, chunk_size=chunk_size).open()
+        columns, renamed, types = _columns(predictor, source, id_column, min_confidence, explain is not None)
+        fingerprint = run_fingerprint(predictor, out_fmt, columns, {
+            "explain": explain, "min_confidence": min_confidence, "text_column": text_column,
+            "id_column": id_column, "keep_columns": keep_columns, "encoding": encoding, "batch_size": batch_size,
+            "chunk_size": chunk_size, **long_text_option(predictor)})
+        state = Progress.start(out_path, fingerprint, source, resume)
+        if not state.finished:
+            sink = Sink(out_fmt, columns, types, state)
+            show = sys.stderr.isatty() if progress is None else progress
+            options = _Options(id_column, renamed, batch_size, min_confidence, explain)
+            _write_all(predictor, source, sink, state, options, show)
+            _finish(sink, state, source, input)
+    if source.blank:
+        logger.warning("%s: skipped %d blank line(s)", input, source.blank)
+    warn_truncated(state.truncated, predictor)
+    return StreamResult(rows=state.rows_done, blank=source.blank, truncated=state.truncated,
+                        resumed_from=state.resumed_from, output=out_path)
+
+
+@dataclass
+class _Options:
+    id_column: str | None
+    renamed: dict[str, str]  # kept input column → its output name
+    batch_size: int
+    min_confidence: float | None
+    explain: int | None
+
+
+def _one_writer(out_path: Path | None):
+    """The output's writer lock for the whole run (none for stdout): a second run on it is refused."""
+    if out_path is None:
+        return nullcontext()
+    return one_writer(out_path.parent.resolve() / out_path.name, f"--output {out_path}")
+
+
+def _write_all(predictor, source: Source, sink: Sink, state: Progress, options: _Options, show: bool) -> None:
+    """Every row after the ones already done, a chunk at a time, each recorded once written. A UserError (a bad
+    row, no rows) means this input can never complete: the partial output and the record go with it."""
     from tqdm.auto import tqdm
 
     bar = tqdm(total=source.total_rows, initial=state.rows_done, unit="row", desc="predict", disable=not show,
@@ -83,9 +117,10 @@ def predict_file(
     try:
         rows = _skip_done(source, state.resumed_from)
         started = time.monotonic()
-        for chunk in _chunks(rows, chunk_size):
-            predicted = _predict_chunk(predictor, source, chunk, id_column, source.routing, renamed, batch_size,
-                                       min_confidence, state.truncated, explain)
+        for chunk in _chunks(rows, source.chunk_size):
+            predicted = _predict_chunk(predictor, source, chunk, options.id_column, source.routing,
+                                       options.renamed, options.batch_size, options.min_confidence,
+                                       state.truncated, options.explain)
             state.chunks += 1
             state.partial_bytes = sink.write(predicted, state.chunks, lambda i, c=chunk: source.where(c[i]))
             state.rows_done += len(chunk)
@@ -94,25 +129,19 @@ def predict_file(
                 _advance(bar, source, state.rows_done, len(chunk))
         if state.rows_done == 0:
             raise source.no_rows_error()
-        _finish(sink, state, input)
         logger.debug("%d rows in %.1f s", state.rows_done - state.resumed_from, time.monotonic() - started)
     except UserError:
-        sink.close()  # this input can never complete: leave nothing half-made behind
+        sink.close()
         state.discard()
         raise
     except KeyboardInterrupt:
-        if out_path is not None:
+        if state.output is not None:
             logger.warning("interrupted after %d rows; run the same command with --resume to continue",
                            state.rows_done)
         raise
     finally:
         bar.close()
         sink.close()
-    if source.blank:
-        logger.warning("%s: skipped %d blank line(s)", input, source.blank)
-    warn_truncated(state.truncated, predictor)
-    return StreamResult(rows=state.rows_done, blank=source.blank, truncated=state.truncated,
-                        resumed_from=state.resumed_from, output=out_path)
 
 
 def long_text_option(predictor) -> dict:
@@ -187,12 +216,19 @@ def _advance(bar, source: Source, written: int, n: int) -> None:
     bar.update(n)
 
 
-def _finish(sink: Sink, state: Progress, input: Path) -> None:
-    """The partial output becomes the output; the progress record goes."""
-    sink.finish(input)
-    if state.output is not None:
-        state.path.unlink(missing_ok=True)
-        fsync_dir(state.output.parent)
+def _finish(sink: Sink, state: Progress, source: Source, input: Path) -> None:
+    """The complete output goes in place, its size and sha256 recorded first (a rerun after a kill at this
+    point finds the output finished); then the partial and the record go. If another file has taken the output
+    path meanwhile, the complete output is kept beside it (never deleted) and the error says where."""
+    complete = sink.complete(state.chunks)
+    if complete is None:
+        return
+    state.save_final(source, complete)
+    aside = place_file(complete, state.output, "predictions", inputs=[input])
+    state.done()
+    if aside is not None:
+        raise UserError(f"{state.output}: another file took this path while the run was writing it and is not "
+                        f"ours to replace; the complete result ({state.rows_done} predictions) is kept in {aside}")
 
 
 def _predict_chunk(predictor, source: Source, chunk: Sequence[Row], id_column: str | None, routing: bool,

@@ -1,8 +1,9 @@
 """The streaming sink: predictions written a chunk at a time, in input order.
 
 To stdout (CSV or JSON lines), or to the partial file beside the output (a folder of chunk files for Parquet),
-fsynced after each chunk so that the progress record never claims rows a crash lost. The output path is touched
-only once, complete (`finish`: renamed into place, or for Parquet written through `output.atomic_open`).
+fsynced after each chunk (a chunk file and its folder, for Parquet) so that the progress record never claims rows
+a crash lost. The output path is touched only once, complete: `complete` gives the finished file (the partial, or
+for Parquet the chunks combined into one file), which the run then puts in place.
 Values copied from the input (the id, kept columns) are written by the rules of `values`.
 """
 
@@ -11,14 +12,14 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 
+from ..durable import create_exclusive, fsync_dir, synced_file
 from ..errors import UserError
-from ..output import atomic_open, csv_cell, replace_file, synced_file
+from ..output import csv_cell
 from ..tables import ROUTING_COLUMN, shown
-from .record import Progress
+from .record import Progress, chunk_file
 from .values import InferredTypes, Where, arrow_type, convert_rows, csv_field, json_value
 
 
@@ -125,6 +126,9 @@ def _array(column: str, values: list, arrow, where: Where):
         raise UserError(f"column {column!r}: cannot be written as Parquet type {arrow} ({e})") from None
 
 
+COMBINED = "complete.parquet.tmp"  # in a Parquet run's partial folder: the chunks as one file, to be put in place
+
+
 class Sink:
     """Where a run's rows go: stdout, or (`progress.output` set) the partial file or folder beside the output,
     continued after the last recorded chunk when the run resumes. `types`: the columns copied from the input,
@@ -141,12 +145,15 @@ class Sink:
             self._text = _TextSink(self.file, fmt, columns, inputs, header=True)
         elif fmt == "parquet":
             self.parquet = _ParquetColumns(columns, types)
-            if resumed:
-                for extra in sorted(self.partial.glob("*.parquet"))[progress.chunks:]:
-                    extra.unlink()
-                self.parquet.restore(sorted(self.partial.glob("*.parquet")))
+            if resumed:  # what a killed run wrote after its last record (checked: Progress.start) goes
+                recorded = [chunk_file(self.partial, i) for i in range(1, progress.chunks + 1)]
+                for extra in self.partial.iterdir():
+                    if extra not in recorded and not extra.is_dir():
+                        extra.unlink()
+                self.parquet.restore(recorded)
             else:
                 self.partial.mkdir(exist_ok=True)
+                fsync_dir(self.partial.parent)
         else:
             if resumed:
                 with self.partial.open("r+b") as f:
@@ -164,9 +171,10 @@ class Sink:
             import pyarrow.parquet as pq
 
             table = self.parquet.table(rows, where)
-            name = self.partial / f"{chunk:08d}.parquet"
-            with synced_file(name) as tmp:
-                pq.write_table(table, tmp)
+            with synced_file(chunk_file(self.partial, chunk)) as f:
+                pq.write_table(table, f)
+            fsync_dir(self.partial)  # the chunk's rename, before the record claims it
+            fsync_dir(self.partial.parent)
             return 0
         self._text.write(rows, where)
         self.file.flush()
@@ -175,23 +183,25 @@ class Sink:
         os.fsync(self.file.fileno())
         return self.file.tell()
 
-    def finish(self, input: Path) -> None:
-        """Make the partial the output (if that is still ours to replace), or flush stdout."""
+    def complete(self, chunks: int) -> Path | None:
+        """The complete output, fsynced, ready to be put in place: the partial file, or for Parquet its `chunks`
+        chunk files combined into one file in the partial folder (None: stdout, flushed)."""
         if self.output is None:
             sys.stdout.flush()
-            return
+            return None
         self.close()
-        if self.fmt == "parquet":
-            import pyarrow.parquet as pq
+        if self.fmt != "parquet":
+            return self.partial
+        import pyarrow.parquet as pq
 
-            # atomic_open checks (again) that the output is still ours to replace
-            with atomic_open(self.output, "wb", encoding=None, inputs=[input]) as out:
-                with pq.ParquetWriter(out, self.parquet.schema()) as writer:
-                    for part in sorted(self.partial.glob("*.parquet")):
-                        writer.write_table(self.parquet.read(part))
-            shutil.rmtree(self.partial)
-        else:
-            replace_file(self.partial, self.output, "predictions", inputs=[input])  # if still ours to replace
+        combined = self.partial / COMBINED
+        with create_exclusive(combined) as out:
+            with pq.ParquetWriter(out, self.parquet.schema()) as writer:
+                for i in range(1, chunks + 1):
+                    writer.write_table(self.parquet.read(chunk_file(self.partial, i)))
+            out.flush()
+            os.fsync(out.fileno())
+        return combined
 
     def close(self) -> None:
         """Close the partial file (never stdout)."""
