@@ -1,8 +1,7 @@
 """LoRA fine-tuning with the Hugging Face Trainer: per-batch padding, length-grouped batches, best-by-F1.
 
 `train` runs the recipe's steps in order: `setup` (inputs checked, data split and encoded, checkpoint directory
-claimed), `build_trainer` (model and Trainer), the loop (`recipe.run_loop`), `best_epochs`, `calibrate`, `report`
-(run.json's contents) and `save`."""
+locked and claimed), `build_trainer`, the loop (`recipe.run_loop`), `best_epochs`, `calibrate`, `report`, `save`."""
 
 from __future__ import annotations
 
