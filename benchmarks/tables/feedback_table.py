@@ -28,6 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common/ and the groups
 from common.machine import cpu_name  # noqa: E402
+from common.workbench import write_report  # noqa: E402
 
 from weibo_sentiment.adapter_io import package_versions
 from weibo_sentiment.data import load_labelled
@@ -238,9 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         report["runs"] += [run_one(labelled, r, p, args, test, work)
                            for r in args.replay_ratios for p in args.emoticon_dropouts]
     report["verdict"] = verdict(report)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    out.write_text(markdown(report), encoding="utf-8")
-    print(markdown(report))
+    write_report(out, report, markdown)
     return 0
 
 
